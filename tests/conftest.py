@@ -1,0 +1,69 @@
+"""Shared test fixtures.
+
+../shared (reference vectors, official weights, Set5) is found through UPSCALE_SHARED, default
+<repo>/../shared. Tests that need it skip with the reason when it is absent, unless
+UPSCALE_REQUIRE_SHARED=1 (set by .ci/run), which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_path() -> Path:
+    return Path(os.environ.get("UPSCALE_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_path()
+    if not (path / "reference").is_dir():
+        msg = f"shared test data not found at {path} (set UPSCALE_SHARED to its location)"
+        if os.environ.get("UPSCALE_REQUIRE_SHARED") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_case(shared):
+    """Load ../shared/reference/<name>.pt; returns (case dict, state dict with the weights)."""
+    import torch
+
+    from upscale.weights import load_checkpoint
+
+    def load(name: str):
+        case = torch.load(shared / "reference" / f"{name}.pt", weights_only=True)
+        sd = case.get("state_dict")
+        if not sd:
+            sd = load_checkpoint(shared / "weights" / case["weights_file"])
+        return case, sd
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def layouts(shared):
+    import json
+
+    return json.loads((shared / "reference" / "checkpoint_layouts.json").read_text())
+
+
+def random_state_dict(layout: dict, seed: int = 0):
+    """Random tensors of the listed shapes, for loading official layouts without the files."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, info in layout["keys"].items():
+        dtype = getattr(torch, info["dtype"])
+        if dtype.is_floating_point:
+            out[key] = torch.randn(info["shape"], generator=g, dtype=dtype) * 0.02
+        else:
+            out[key] = torch.zeros(info["shape"], dtype=dtype)
+    return out

@@ -1,0 +1,3 @@
+from upscale.cli import main
+
+main()
