@@ -6,7 +6,7 @@ never arbitrary pickled objects. `.safetensors` files are read with safetensors.
 
 from __future__ import annotations
 
-import zipfile
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raw: Any = load_file(str(path), device="cpu")
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise UpscaleError(f"cannot read {path} as a checkpoint (corrupt or not a weights file): {_first_line(exc)}") from exc
-    except Exception as exc:  # an unpickling refusal or damage the loaders report in their own types
-        raise UpscaleError(f"cannot read {path} as a checkpoint (corrupt or not a weights file): {_first_line(exc)}") from exc
+    except pickle.UnpicklingError:
+        # weights_only refuses anything but tensors and plain containers; say so without torch's essay
+        raise UpscaleError(
+            f"cannot read {path}: it is corrupt, or holds pickled objects other than weights (refused for safety)"
+        ) from None
+    except Exception as exc:  # damage shows up as many types (zip, EOF, safetensors header, ...)
+        raise UpscaleError(f"cannot read {path} as a checkpoint (corrupt or truncated?): {_first_line(exc)}") from exc
     return unwrap_state_dict(raw, source=str(path))
 
 
@@ -67,3 +70,29 @@ def load_model(path: str | Path, arch: str | None = None, **overrides: Any):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+# ---- where downloaded weights live -----------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """UPSCALE_CACHE_DIR, else the platform's user cache folder for `upscale`."""
+    import os
+
+    env = os.environ.get("UPSCALE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("upscale", appauthor=False))
+
+
+def cached_file(variant) -> Path:
+    """Path of the cached checkpoint for a manifest Variant; a clear error when it is not there."""
+    path = cache_dir() / variant.name / variant.filename
+    if not path.is_file():
+        raise UpscaleError(
+            f"weights for {variant.name} x{variant.scale} ({variant.filename}) are not in the cache "
+            f"{cache_dir()}: pass --weights PATH"
+        )
+    return path
