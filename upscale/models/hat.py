@@ -39,7 +39,9 @@ ATTENTION_IMPLS = ("sdpa", "math")
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
     """Multi-head attention with an additive bias; q,k,v: (B, heads, tokens, head_dim).
 
-    The scale is head_dim**-0.5 in both paths (the authors' default, and SDPA's).
+    `bias` is 4-D, (1, heads, Nq, Nk): CPU's fused (flash) kernel takes only 2-D or 4-D masks and
+    falls back to unfused math for a 3-D one. The scale is head_dim**-0.5 in both paths (the
+    authors' default, and SDPA's).
     """
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -191,7 +193,12 @@ class WindowAttention(nn.Module):
         """x: (b, h, w, c), already cyclically shifted when `shifted`; returns the same layout."""
         b, h, w, c = x.shape
         ws, nh, nw, n = self.window, h // self.window, w // self.window, self.window**2
-        bias = self.relative_position_bias_table[ctx.rpi_sa.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+        bias = (
+            self.relative_position_bias_table[ctx.rpi_sa.reshape(-1)]
+            .view(n, n, -1)
+            .permute(2, 0, 1)
+            .contiguous()[None]
+        )
         qkv = self.qkv(x)
         if ctx.impl == "math" or not shifted:
             q, k, v = (to_windows(t, ws, self.heads) for t in qkv.chunk(3, dim=-1))
@@ -279,10 +286,16 @@ class OCAB(nn.Module):
         # windows of ows² with stride ws.
         p = (ows - ws) // 2
         kv = F.pad(qkv[..., c:], (0, 0, p, p, p, p)).unfold(1, ows, ws).unfold(2, ows, ws)
-        kv = kv.reshape(b, h // ws, w // ws, 2, heads, c // heads, ows * ows)  # (…, 2c, ows, ows) split
-        k, v = kv.permute(3, 0, 1, 2, 4, 6, 5).reshape(2, -1, heads, ows * ows, c // heads)
+        kv = kv.view(b, h // ws, w // ws, 2, heads, c // heads, ows, ows)
+        # one copy, head_dim last with stride 1 (fused kernels require it)
+        k, v = kv.permute(3, 0, 1, 2, 4, 6, 7, 5).reshape(2, -1, heads, ows * ows, c // heads)
         n, m = ws * ws, ows * ows
-        bias = self.relative_position_bias_table[ctx.rpi_oca.reshape(-1)].view(n, m, -1).permute(2, 0, 1)
+        bias = (
+            self.relative_position_bias_table[ctx.rpi_oca.reshape(-1)]
+            .view(n, m, -1)
+            .permute(2, 0, 1)
+            .contiguous()[None]
+        )
         out = attend(q, k, v, bias, ctx.impl)
         x = self.proj(from_windows(out, b, h, w, ws)) + x
         return x + self.mlp(self.norm2(x))
