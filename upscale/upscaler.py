@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from upscale.models import SRModel
 
 DEFAULT_MODEL = "vapsr"
+ALPHA_METHODS = ("matte", "resize")
 
 
 class Upscaler:
@@ -30,6 +31,11 @@ class Upscaler:
 
     `model` is a name from the manifest (`upscale models`); `weights` a checkpoint path that replaces
     the manifest's file (the family is still checked against `model`, when one is named).
+    `outscale` is the final factor (the network runs at its own scale, then a Lanczos resize);
+    `alpha` is how transparency is upscaled: "matte" (default: black/white composites through the
+    network) or "resize" (Lanczos; one network pass instead of two); `max_pixels` guards against
+    decompression bombs (None: no limit).
+    `tta=True` averages the model over the 8 flips/rotations of the input (8× the time; upscale/ensemble.py).
     """
 
     def __init__(
@@ -38,9 +44,21 @@ class Upscaler:
         scale: int | None = None,
         weights: str | Path | None = None,
         device: str = "auto",
+        tta: bool = False,
+        outscale: float | None = None,
+        alpha: str = "matte",
+        max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
         **overrides: Any,
     ):
         self.model_name = model or (None if weights else DEFAULT_MODEL)
+        self.tta = tta
+        if outscale is not None and not outscale > 0:
+            raise UpscaleError(f"--outscale must be a positive number, not {outscale}")
+        if alpha not in ALPHA_METHODS:
+            raise UpscaleError(f"unknown alpha method {alpha!r}: use {' or '.join(ALPHA_METHODS)}")
+        self.outscale = outscale
+        self.alpha = alpha
+        self.max_pixels = max_pixels
         self.requested_scale = scale
         self.weights = weights
         self.device_name = device
@@ -53,7 +71,12 @@ class Upscaler:
     @property
     def model(self) -> SRModel:
         if self._model is None:
-            self._model = self._load()
+            model = self._load()
+            if self.tta:
+                from upscale.ensemble import SelfEnsemble
+
+                model = SelfEnsemble(model)
+            self._model = model
         return self._model
 
     @property
@@ -94,29 +117,135 @@ class Upscaler:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def upscale_array(self, array: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
-        """H×W×3 uint8/uint16 RGB → (sH)×(sW)×3 of the same type."""
+    def upscale_rgb(self, array: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+        """The model alone: H×W×3 uint8/uint16 RGB → (sH)×(sW)×3 of the same type, at the native scale."""
         from upscale.engine import upscale_array
 
         model = self.model
         return upscale_array(model, array, device=self.device, progress=progress)
 
-    def upscale_image(self, image: Image.Image, progress: ProgressFn | None = None) -> Image.Image:
-        from PIL import Image as PILImage
+    def upscale_array(self, array: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+        """Any H×W or H×W×C image (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; uint8 or uint16) → the same
+        layout and type, upscaled by the model (and resized to `outscale`, when set)."""
+        squeeze = array.ndim == 2
+        a = array[:, :, None] if squeeze else array
+        if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+            raise UpscaleError(f"expected an H×W or H×W×C image with C in 1..4, got shape {array.shape}")
+        if a.dtype not in (np.uint8, np.uint16):
+            raise UpscaleError(f"expected uint8 or uint16 pixels, got {a.dtype}: convert the array first")
+        out = self._upscale_channels(a, progress)
+        out = self._resize_to_outscale(out, a.shape[1], a.shape[0])
+        return out[:, :, 0] if squeeze else out
 
-        return PILImage.fromarray(self.upscale_array(np.asarray(image.convert("RGB")), progress))
+    def upscale_picture(self, picture: images.Picture, progress: ProgressFn | None = None) -> images.Picture:
+        """A decoded image with its metadata → the upscaled one (metadata kept)."""
+        return images.with_pixels(picture, self.upscale_array(picture.pixels, progress))
+
+    def upscale_image(self, image: Image.Image, progress: ProgressFn | None = None) -> Image.Image:
+        """PIL image → PIL image: gray stays gray, alpha stays (upscaled), 16-bit gray stays I;16."""
+        return images.to_pil(self.upscale_picture(images.from_pil(image), progress))
+
+    def upscale_bytes(
+        self, data: bytes, fmt: str = "png", quality: int | None = None, progress: ProgressFn | None = None
+    ) -> bytes:
+        """Encoded image bytes (any readable format) → encoded bytes in `fmt` (for pipes)."""
+        picture = images.decode(data, name="standard input", max_pixels=self.max_pixels)
+        return images.encode(self.upscale_picture(picture, progress), fmt, quality)[0]
 
     def upscale_file(
-        self, src: str | Path, dst: str | Path | None = None, progress: ProgressFn | None = None
+        self,
+        src: str | Path,
+        dst: str | Path | None = None,
+        progress: ProgressFn | None = None,
+        fmt: str | None = None,
+        quality: int | None = None,
     ) -> Path:
-        """Upscale one image file; the default output is `<stem>_x<scale>.png` beside the input."""
+        """Upscale one image file; the default output is `<stem>_x<scale>.png` beside the input.
+        The output is written atomically and never over the input. (Folders, skipping of existing
+        outputs and per-file reports: upscale.batch.)"""
         src = Path(src)
-        array = images.read_image(src)
-        dst = Path(dst) if dst is not None else default_output(src, self.scale)
-        if dst.resolve() == src.resolve():
+        dst = Path(dst) if dst is not None else default_output(src, self.scale, outscale=self.outscale)
+        if dst.exists() and dst.resolve() == src.resolve():
             raise UpscaleError(f"refusing to overwrite the input {src}: choose another output")
-        return images.write_image(self.upscale_array(array, progress), dst)
+        picture = images.read_image(src, max_pixels=self.max_pixels)
+        images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality)
+        return dst
+
+    # -- channels the network does not see as RGB ----------------------------------------------------
+
+    def _upscale_channels(self, a: np.ndarray, progress: ProgressFn | None) -> np.ndarray:
+        gray, alpha = a.shape[2] in (1, 2), a.shape[2] in (2, 4)
+        color = a[:, :, :-1] if alpha else a
+        rgb = np.repeat(color, 3, axis=2) if gray else color  # the network sees RGB only
+        if not alpha:
+            out = self.upscale_rgb(np.ascontiguousarray(rgb), progress)
+        elif self.alpha == "resize":
+            out = self.upscale_rgb(np.ascontiguousarray(rgb), _stage(progress, 0, 1))
+            big_alpha = _resize(a[:, :, -1:], out.shape[1], out.shape[0])
+            out = np.concatenate([out, big_alpha], axis=2)
+        else:
+            out = self._matte(rgb, a[:, :, -1:], progress)
+        if gray:  # back to one channel (the network's three outputs for a gray input are near equal)
+            lum = np.rint(out[:, :, :3].astype(np.float32).mean(axis=2, keepdims=True)).astype(a.dtype)
+            out = np.concatenate([lum, out[:, :, 3:]], axis=2)
+        return out
+
+    def _matte(self, rgb: np.ndarray, alpha: np.ndarray, progress: ProgressFn | None) -> np.ndarray:
+        """Alpha by the black/white matte (as chaiNNer does): the image composited on black and on white
+        both go through the network; alpha' = 1 - (white' - black'), colour' = black' / alpha'.
+
+        Colour hidden under transparent pixels never reaches the network (no dark or odd fringes), and the
+        alpha edges get the network's detail instead of an interpolated stair-step."""
+        peak = float(np.iinfo(rgb.dtype).max)
+        a = alpha.astype(np.float32) / peak
+        on_black = rgb.astype(np.float32) * a
+        on_white = on_black + peak * (1 - a)
+
+        def quant(x: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.clip(np.rint(x), 0, peak).astype(rgb.dtype))
+
+        black = self.upscale_rgb(quant(on_black), _stage(progress, 0, 2)).astype(np.float32)
+        white = self.upscale_rgb(quant(on_white), _stage(progress, 1, 2)).astype(np.float32)
+        new_alpha = np.clip(1 - (white - black).mean(axis=2, keepdims=True) / peak, 0, 1)
+        color = np.where(new_alpha > 1 / peak, black / np.maximum(new_alpha, 1 / peak), 0)
+        return np.concatenate([quant(color), quant(new_alpha * peak)], axis=2)
+
+    def _resize_to_outscale(self, out: np.ndarray, width: int, height: int) -> np.ndarray:
+        if not self.outscale:
+            return out
+        size = (max(1, round(width * self.outscale)), max(1, round(height * self.outscale)))
+        if size == (out.shape[1], out.shape[0]):
+            return out
+        return _resize(out, *size)
 
 
-def default_output(src: Path, scale: int, folder: Path | None = None) -> Path:
-    return (folder or src.parent) / f"{src.stem}_x{scale}.png"
+def _resize(a: np.ndarray, width: int, height: int) -> np.ndarray:
+    """High-quality (Lanczos, antialiased when shrinking) resize of an H×W×C uint8/uint16 array, done per
+    channel in float so 16-bit precision survives."""
+    from PIL import Image as PILImage
+
+    peak = np.iinfo(a.dtype).max
+    planes = [
+        np.asarray(PILImage.fromarray(a[:, :, c].astype(np.float32)).resize((width, height), PILImage.LANCZOS))
+        for c in range(a.shape[2])
+    ]
+    return np.clip(np.rint(np.stack(planes, axis=2)), 0, peak).astype(a.dtype)
+
+
+def _stage(progress: ProgressFn | None, index: int, count: int) -> ProgressFn | None:
+    """Progress of pass `index` of `count` network passes over one image, as one bar."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(index * total + done, count * total)
+
+
+def default_output(
+    src: Path, scale: int, folder: Path | None = None, outscale: float | None = None, ext: str = ".png"
+) -> Path:
+    return (folder or src.parent) / f"{src.stem}{scale_suffix(scale, outscale)}{ext}"
+
+
+def scale_suffix(scale: int, outscale: float | None = None) -> str:
+    """`_x4`, or `_x1.5` for a final factor other than the model's."""
+    factor = outscale or scale
+    return f"_x{factor:g}"
