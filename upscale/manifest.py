@@ -2,12 +2,20 @@
 
 `weights_manifest.json` ships inside the package; UPSCALE_MANIFEST names another file (tests, mirrors).
 No torch here: `upscale models` reads the manifest without importing it.
+
+Layout (schema 2): models → NAME → {family, title, paper, license, default_scale, overrides, note,
+files → SCALE → {filename, sha256, size, parameters, sources, overrides, note}}. A file inherits the
+model's fields; `Variant` is that flattened view of one (name, scale). A source is either
+`{"url": "https://…"}` or a Hugging Face Hub file `{"repo_id", "repo_type", "filename", "revision"}`,
+listed in order of preference. `parameters` counts the floating-point values of the official state
+dict (computed once from the authors' layouts, so that listing models needs no torch).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -16,11 +24,94 @@ from typing import Any
 from upscale.errors import UpscaleError
 
 PACKAGED = Path(__file__).with_name("weights_manifest.json")
+FAMILIES = ("a2n", "vapsr", "hat", "panet")
+SHA256 = r"^[0-9a-f]{64}$"
+# A pinned revision is a full 40-hex commit; anything else must be a branch or tag name, never a short
+# commit id (the Hub does not resolve those).
+FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SHORT_COMMIT = re.compile(r"^[0-9a-f]{7,39}$")
+
+_SOURCE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["url"],
+            "properties": {"url": {"type": "string", "pattern": "^https?://"}, "note": {"type": "string"}},
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "required": ["repo_id", "filename", "revision"],
+            "properties": {
+                "repo_id": {"type": "string", "pattern": r"^[\w.-]+/[\w.-]+$"},
+                "repo_type": {"enum": ["model", "dataset", "space"]},
+                "filename": {"type": "string", "minLength": 1},
+                "revision": {"type": "string", "minLength": 1},
+                "note": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
+    ]
+}
+_OVERRIDES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {"type": ["number", "string", "boolean", "null"]},
+}
+
+# JSON Schema (draft 2020-12) of weights_manifest.json; the tests validate the shipped file against it.
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["schema", "models"],
+    "properties": {
+        "schema": {"const": 2},
+        "models": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]*$"},
+            "additionalProperties": {
+                "type": "object",
+                "required": ["family", "title", "paper", "license", "files"],
+                "properties": {
+                    "family": {"enum": list(FAMILIES)},
+                    "title": {"type": "string"},
+                    "paper": {"type": "string"},
+                    "license": {"type": "string"},
+                    "license_note": {"type": "string"},
+                    "default_scale": {"type": "integer"},
+                    "overrides": _OVERRIDES_SCHEMA,
+                    "note": {"type": "string"},
+                    "files": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "propertyNames": {"pattern": "^[1-9][0-9]*$"},
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["filename", "sources"],
+                            "properties": {
+                                "filename": {"type": "string", "pattern": r"^[^/\\]+$"},
+                                "sha256": {"type": "string", "pattern": SHA256},
+                                "size": {"type": "integer", "minimum": 1},
+                                "parameters": {"type": "integer", "minimum": 1},
+                                "sources": {"type": "array", "items": _SOURCE_SCHEMA},
+                                "overrides": _OVERRIDES_SCHEMA,
+                                "note": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+    "additionalProperties": False,
+}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One downloadable checkpoint: a model name at one scale."""
+    """One checkpoint: a model name at one scale."""
 
     name: str
     scale: int
@@ -34,6 +125,21 @@ class Variant:
     paper: str = ""
     title: str = ""
     note: str = ""  # shown to the user when there is no automatic source
+    parameters: int | None = None
+    license_note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} x{self.scale} ({self.filename})"
+
+    def manual_hint(self) -> str:
+        """What to tell a user when this file cannot be fetched automatically."""
+        if self.note:
+            return self.note.format(name=self.name, scale=self.scale, filename=self.filename)
+        return (
+            f"get {self.filename} yourself, then run `upscale download {self.name} -s {self.scale} "
+            f"--from {self.filename}` once (or pass --weights {self.filename})"
+        )
 
 
 def manifest_path() -> Path:
@@ -41,7 +147,7 @@ def manifest_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, mtime_ns: int) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -54,7 +160,12 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def load_manifest(path: Path | None = None) -> dict[str, Any]:
-    return _read(path or manifest_path())
+    path = path or manifest_path()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # _read raises the clear error
+    return _read(path, mtime)
 
 
 def model_names() -> list[str]:
@@ -72,11 +183,16 @@ def _entry(name: str) -> dict[str, Any]:
     return models[name]
 
 
+def default_scale(name: str) -> int:
+    entry = _entry(name)
+    return int(entry.get("default_scale") or max(int(s) for s in entry["files"]))
+
+
 def resolve(name: str, scale: int | None = None) -> Variant:
     """The checkpoint for `name` at `scale` (the model's default scale when None)."""
     entry = _entry(name)
     if scale is None:
-        scale = int(entry.get("default_scale") or max(int(s) for s in entry["files"]))
+        scale = default_scale(name)
     f = entry["files"].get(str(scale))
     if f is None:
         have = ", ".join(f"x{s}" for s in scales(name))
@@ -94,4 +210,22 @@ def resolve(name: str, scale: int | None = None) -> Variant:
         paper=entry.get("paper", ""),
         title=entry.get("title", name),
         note=f.get("note") or entry.get("note", ""),
+        parameters=f.get("parameters"),
+        license_note=entry.get("license_note", ""),
     )
+
+
+def variants(name: str | None = None) -> list[Variant]:
+    """Every (name, scale) of the manifest, or of one model."""
+    names = [name] if name else model_names()
+    return [resolve(n, s) for n in names for s in scales(n)]
+
+
+def describe_source(source: dict[str, Any]) -> str:
+    """A short human form of a source: the URL, or hf://[datasets/]REPO/FILE@REVISION."""
+    if "url" in source:
+        return source["url"]
+    prefix = "datasets/" if source.get("repo_type") == "dataset" else ""
+    if source.get("repo_type") == "space":
+        prefix = "spaces/"
+    return f"hf://{prefix}{source['repo_id']}/{source['filename']}@{source['revision']}"

@@ -1,0 +1,268 @@
+"""Moving bytes: streamed HTTPS downloads and Hugging Face Hub files, with a progress bar on stderr.
+
+Nothing here decides what is trusted: `upscale.weights` verifies every file (size, sha256) before it
+is used or kept. Plain URLs are streamed into a temporary file the caller names, hashing as they
+arrive, retried and resumed (HTTP Range) on transient failures. Hub files go through
+`huggingface_hub.hf_hub_download` into the Hub's own cache layout under the folder the caller gives.
+No torch, and huggingface_hub is imported only when a Hub file is actually fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from upscale import __version__
+from upscale.errors import UpscaleError
+
+CHUNK = 1 << 20
+TIMEOUT_S = 30.0
+# Waits before retry 1, 2, 3 (seconds); tests shorten them.
+RETRY_WAITS: tuple[float, ...] = (1.0, 3.0, 8.0)
+USER_AGENT = f"upscale/{__version__}"
+
+T = TypeVar("T")
+
+
+class TransientError(UpscaleError):
+    """A failure worth retrying (connection lost, timeout, HTTP 5xx/429)."""
+
+
+# ---- progress -----------------------------------------------------------------------------------
+
+
+class ByteBar:
+    """A rich progress bar for one transfer on stderr (bytes, speed, time left); silent when quiet."""
+
+    def __init__(self, description: str, total: int | None = None, quiet: bool = False, initial: int = 0):
+        self._progress = None
+        if quiet:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task = self._progress.add_task(description, total=total, completed=initial)
+        self._progress.start()
+
+    def update(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def restart(self, total: int | None) -> None:
+        if self._progress is not None:
+            self._progress.reset(self._task, total=total)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __enter__(self) -> ByteBar:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _HubBar(ByteBar):
+    """What huggingface_hub takes as `tqdm_class`: it is called with tqdm's keyword arguments."""
+
+    quiet = False
+
+    def __init__(self, *args: Any, total: int | None = None, initial: int = 0, desc: str = "", **_: Any):
+        super().__init__(desc or "download", total=total, quiet=self.quiet, initial=initial)
+
+
+def _hub_bar_class(quiet: bool) -> type[_HubBar]:
+    return type("HubBar", (_HubBar,), {"quiet": quiet})
+
+
+# ---- plain HTTPS ----------------------------------------------------------------------------------
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def with_retries(fn: Callable[[int], T], what: str) -> T:
+    """Call fn(attempt) until it succeeds, retrying TransientError with the waits in RETRY_WAITS."""
+    for attempt in range(len(RETRY_WAITS) + 1):
+        try:
+            return fn(attempt)
+        except TransientError as exc:
+            if attempt == len(RETRY_WAITS):
+                raise UpscaleError(f"{what} failed after {attempt + 1} attempts: {exc}") from None
+            time.sleep(RETRY_WAITS[attempt])
+    raise AssertionError("unreachable")
+
+
+def fetch_url(
+    url: str, dest: Path, *, expected_size: int | None = None, label: str = "", quiet: bool = False
+) -> tuple[str, int]:
+    """Stream `url` into `dest` (created or overwritten); returns (sha256 hex, bytes).
+
+    A transfer cut off part way is resumed with an HTTP Range request where the server allows it,
+    else restarted; `dest` is the caller's temporary file, never the final name.
+    """
+    hasher = hashlib.sha256()
+    state = {"have": 0}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    name = label or Path(urlsplit(url).path).name
+    with open(dest, "wb") as out, ByteBar(f"{name} from {host_of(url)}", expected_size, quiet) as bar:
+
+        def attempt(_: int) -> None:
+            nonlocal hasher
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+            if state["have"]:
+                headers["Range"] = f"bytes={state['have']}-"
+            request = urllib.request.Request(url, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+                    total = _announced_size(resp, state["have"])
+                    if state["have"] and resp.status != 206:  # Range ignored: start again
+                        out.seek(0)
+                        out.truncate()
+                        hasher = hashlib.sha256()
+                        state["have"] = 0
+                        bar.restart(total)
+                    if expected_size is not None and total is not None and total != expected_size:
+                        raise UpscaleError(
+                            f"{url} offers {total} bytes but {name} should have {expected_size}: not downloading it"
+                        )
+                    while chunk := resp.read(CHUNK):
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        state["have"] += len(chunk)
+                        bar.update(len(chunk))
+                    if total is not None and state["have"] != total:
+                        raise TransientError(f"connection closed after {state['have']} of {total} bytes")
+            except urllib.error.HTTPError as exc:
+                if exc.code in (408, 429) or exc.code >= 500:
+                    raise TransientError(f"HTTP {exc.code} from {host_of(url)}") from None
+                raise UpscaleError(f"HTTP {exc.code} {exc.reason} for {url}") from None
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                raise TransientError(f"{type(exc).__name__}: {reason} ({host_of(url)})") from None
+
+        with_retries(attempt, f"downloading {url}")
+        out.flush()
+        os.fsync(out.fileno())
+    return hasher.hexdigest(), state["have"]
+
+
+def _announced_size(resp: Any, offset: int) -> int | None:
+    """Full size of the file from Content-Range (partial answers) or Content-Length."""
+    content_range = resp.headers.get("Content-Range")
+    if resp.status == 206 and content_range:
+        m = re.match(r"bytes (\d+)-\d+/(\d+)", content_range)
+        if m and int(m.group(1)) == offset:
+            return int(m.group(2))
+    length = resp.headers.get("Content-Length")
+    return int(length) if length is not None and resp.status == 200 else None
+
+
+# ---- Hugging Face Hub -----------------------------------------------------------------------------
+
+
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT as set now (huggingface_hub itself reads it only once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def fetch_hub(source: dict[str, Any], cache_dir: Path, *, quiet: bool = False, local_only: bool = False) -> Path:
+    """hf_hub_download of one manifest Hub source into `cache_dir` (the Hub's cache layout).
+
+    Returns the snapshot path. With `local_only`, only looks in that cache (UpscaleError when absent).
+    """
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    repo_type = source.get("repo_type") or "model"
+    where = f"{source['repo_id']}/{source['filename']}@{source['revision']}"
+
+    def attempt(_: int) -> Path:
+        try:
+            path = huggingface_hub.hf_hub_download(
+                repo_id=source["repo_id"],
+                filename=source["filename"],
+                repo_type=repo_type,
+                revision=source["revision"],
+                cache_dir=str(cache_dir),
+                endpoint=hub_endpoint(),
+                local_files_only=local_only,
+                library_name="upscale",
+                library_version=__version__,
+                tqdm_class=_hub_bar_class(quiet),
+            )
+        except hf_errors.LocalEntryNotFoundError as exc:
+            if local_only:
+                raise UpscaleError(f"{where} is not in the Hub cache {cache_dir}") from None
+            # a network failure with no cached copy; huggingface_hub has already retried it
+            raise UpscaleError(f"cannot reach the Hub for {where}: {_first_line(exc)}") from None
+        except hf_errors.RepositoryNotFoundError:
+            raise UpscaleError(f"Hub repository {source['repo_id']} ({repo_type}) not found") from None
+        except hf_errors.RevisionNotFoundError:
+            raise UpscaleError(f"revision {source['revision']} not found in {source['repo_id']}") from None
+        except hf_errors.EntryNotFoundError:
+            raise UpscaleError(f"{where} not found on the Hub") from None
+        except hf_errors.HfHubHTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status is not None and (status in (408, 429) or status >= 500):
+                raise TransientError(f"HTTP {status} from the Hub for {where}") from None
+            raise UpscaleError(f"the Hub refused {where}: {_first_line(exc)}") from None
+        except (OSError, ValueError) as exc:  # connection drops, size consistency check, disk
+            raise TransientError(f"{where}: {_first_line(exc)}") from None
+        except Exception as exc:  # httpx2 transport errors are not OSError
+            if type(exc).__module__.split(".")[0] in ("httpx2", "httpx", "httpcore"):
+                raise TransientError(f"{where}: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise
+        return Path(path)
+
+    if local_only:
+        return attempt(0)
+    return with_retries(attempt, f"downloading hf://{where}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """A notice on stderr (stdout carries only data)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
