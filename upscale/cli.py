@@ -5,9 +5,11 @@ No torch at import time: `upscale --help` must start fast.
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import click
 import typer
@@ -15,7 +17,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from upscale import __version__
-from upscale.errors import UpscaleError
+from upscale.errors import UpscaleError, UsageError
 
 err = Console(stderr=True)
 
@@ -67,64 +69,140 @@ def _root(
     pass
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
-
-@app.command(RUN, help="Upscale images (the default command).\n\n" + EXAMPLES)
+@app.command(RUN, help="Upscale images (the default command: `upscale photo.png` is `upscale run photo.png`).\n\n" + EXAMPLES)
 def run(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Image files, folders, glob patterns, or - for standard input.", show_default=False),
+    ] = None,
     model: Annotated[str | None, typer.Option("-m", "--model", help="Model name (see `upscale models`).")] = None,
     scale: Annotated[int | None, typer.Option("-s", "--scale", help="Scale factor of the model: 2, 3 or 4.")] = None,
     weights: Annotated[
         Path | None, typer.Option("--weights", help="A checkpoint file to use instead of the model's own.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Output file (one input) or folder.")
+        str | None,
+        typer.Option("-o", "--output", help="Output file, folder (created; ends in / or has no extension), "
+                     "or - for standard output. Default: beside each input."),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Include sub-folders (mirrored under -o DIR).")
+    ] = False,
+    suffix: Annotated[
+        str | None, typer.Option("--suffix", help="Added to output names instead of _x<scale>.", show_default=False)
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("-f", "--format", help="png, jpg, webp, tiff or bmp. Default: the -o extension, else png."),
+    ] = None,
+    quality: Annotated[
+        int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95/90; WebP 100 = lossless).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace outputs that exist (default: skip them, so a rerun resumes).")
+    ] = False,
+    outscale: Annotated[
+        float | None,
+        typer.Option("--outscale", help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
+    ] = None,
+    alpha: Annotated[
+        str, typer.Option("--alpha", help="Transparency: matte (through the network, 2 passes) or resize (faster).")
+    ] = "matte",
+    max_megapixels: Annotated[
+        float | None,
+        typer.Option("--max-megapixels", help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none).",
+                     show_default=False),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display.")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="One JSON object per image on stdout (stderr when stdout carries the image).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
-    from upscale.upscaler import Upscaler, default_output
+    from upscale import batch
+    from upscale.upscaler import Upscaler, scale_suffix
 
-    jobs = _plan(inputs, output)
-    up = Upscaler(model=model, scale=scale, weights=weights, device=device)
+    sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
+    to_stdout = output == batch.STDIO or (output is None and any(s.path is None for s in sources))
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
+    limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
+    up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha, **limit)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        for src, dst in jobs:
-            dst = dst or default_output(src, up.scale, None if output is None else output)
-            task = bar.add_task(src.name, total=None)
-            up.upscale_file(src, dst, progress=lambda done, total, t=task: bar.update(t, completed=done, total=total))
-            bar.remove_task(task)
-            if not quiet:
-                err.print(f"{src} → {dst}", highlight=False)
+    tag = suffix if suffix is not None else scale_suffix(up.scale, outscale)
+    jobs = batch.plan(sources, output, tag=tag, fmt=fmt, overwrite=overwrite)
+    report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
+    report.run(batch.run(up, jobs, quality=quality, catch=not debug, progress=report.progress_for), len(jobs))
+    if report.failed:
+        raise typer.Exit(1)
 
 
-def _plan(inputs: list[Path], output: Path | None) -> list[tuple[Path, Path | None]]:
-    """Expand folders; decide which outputs are named by the user and which take the default."""
-    files: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-            if not found:
-                raise UpscaleError(f"no images found in {path}")
-            files += found
-        elif path.exists():
-            files.append(path)
+class Report:
+    """Progress and one line per image on stderr; JSON lines where asked; the summary."""
+
+    def __init__(self, quiet: bool, json_out: TextIO | None):
+        self.quiet, self.json_out = quiet, json_out
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self._bar = None
+        self._task = None
+
+    @property
+    def failed(self) -> int:
+        return self.counts["failed"]
+
+    def progress_for(self, job):
+        if self._bar is None or self._task is None:
+            return None
+        bar, task = self._bar, self._task
+        return lambda done, total: bar.update(task, completed=done, total=total)
+
+    def run(self, results, count: int) -> None:
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        start = time.perf_counter()
+        show_bar = not self.quiet and err.is_terminal
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, disable=not show_bar, transient=True) as bar:
+            self._bar = bar
+            overall = bar.add_task("images", total=count)
+            self._task = bar.add_task("", total=None)
+            for result in results:
+                self._line(result)
+                bar.advance(overall)
+        if count > 1 and not self.quiet:
+            c = self.counts
+            err.print(
+                f"{c['ok']} upscaled, {c['skipped']} skipped, {c['failed']} failed "
+                f"in {time.perf_counter() - start:.1f} s", highlight=False,
+            )
+
+    def _line(self, r) -> None:
+        self.counts[r.status] += 1
+        if self.json_out is not None:
+            print(json.dumps(r.to_json(), ensure_ascii=False), file=self.json_out, flush=True)
+        if r.status == "failed":
+            where = "" if r.input in (r.error or "") else f"{r.input}: "
+            err.print(f"error: {where}{r.error}", highlight=False, markup=False, soft_wrap=True)
+        elif self.quiet:
+            return
+        elif r.status == "skipped":
+            err.print(f"skipped: {r.error}", highlight=False, markup=False, soft_wrap=True)
         else:
-            raise UpscaleError(f"input not found: {path}")
-    if output is not None and (len(files) > 1 or any(p.is_dir() for p in inputs) or output.is_dir()):
-        output.mkdir(parents=True, exist_ok=True)
-        return [(f, None) for f in files]  # default names, inside the output folder
-    return [(f, output) for f in files]
+            (w, h), (bw, bh) = r.input_size, r.output_size
+            err.print(f"{r.input} → {r.output}  {w}×{h} → {bw}×{bh}  {r.seconds:.1f} s",
+                      highlight=False, markup=False, soft_wrap=True)
+            for note in r.notes:
+                err.print(f"note: {r.input}: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    # SIGTERM unwinds like Ctrl-C, so the temporary file of a write in progress is removed
+    signal.signal(signal.SIGTERM, _terminate)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="upscale", standalone_mode=False)
@@ -132,11 +210,16 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)  # one line, never re-wrapped
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("interrupted", highlight=False)
+        err.print("interrupted: no partial file was left; run the same command again to resume "
+                  "(finished outputs are skipped)", highlight=False)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -6,3 +6,7 @@ class UpscaleError(Exception):
 
     The CLI prints it without a traceback (unless --debug) and exits non-zero.
     """
+
+
+class UsageError(UpscaleError):
+    """The arguments themselves are wrong (a combination that cannot work): the CLI exits with 2."""

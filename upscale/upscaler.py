@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from upscale import images, manifest
-from upscale.errors import UpscaleError
+from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -48,20 +48,24 @@ class Upscaler:
         outscale: float | None = None,
         alpha: str = "matte",
         max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
+        offline: bool = False,
+        quiet: bool = False,
         **overrides: Any,
     ):
         self.model_name = model or (None if weights else DEFAULT_MODEL)
         self.tta = tta
         if outscale is not None and not outscale > 0:
-            raise UpscaleError(f"--outscale must be a positive number, not {outscale}")
+            raise UsageError(f"--outscale must be a positive number, not {outscale}")
         if alpha not in ALPHA_METHODS:
-            raise UpscaleError(f"unknown alpha method {alpha!r}: use {' or '.join(ALPHA_METHODS)}")
+            raise UsageError(f"unknown alpha method {alpha!r}: use {' or '.join(ALPHA_METHODS)}")
         self.outscale = outscale
         self.alpha = alpha
         self.max_pixels = max_pixels
         self.requested_scale = scale
         self.weights = weights
         self.device_name = device
+        self.offline = offline  # use only cached weights (also HF_HUB_OFFLINE=1)
+        self.quiet = quiet  # no download progress or notices
         self.overrides = overrides
         self._model: SRModel | None = None
         self._device = None
@@ -94,21 +98,32 @@ class Upscaler:
     def _load(self) -> SRModel:
         from upscale import weights as wt
 
-        arch, overrides, path = None, dict(self.overrides), None
+        arch, overrides, scale = None, dict(self.overrides), self.requested_scale
         if self.model_name:
             if self.weights is None:
                 variant = manifest.resolve(self.model_name, self.requested_scale)
-                path = wt.cached_file(variant)
+                scale = variant.scale  # A2N x2 and x3 files look alike: the manifest knows
             else:
                 variant = manifest.resolve(self.model_name, self._any_scale(self.model_name))
             arch = variant.family
             overrides = {**variant.overrides, **overrides}
-        if self.weights is not None:
-            path = Path(self.weights)
+        # manifest lookup, cache, download and verification; --weights path, URL or hf://
+        path = wt.resolve_checkpoint(self.model_name, self.requested_scale, self.weights, self.offline, self.quiet)
         sd = wt.load_checkpoint(path)
         from upscale.models import from_state_dict
 
-        return from_state_dict(sd, arch=arch, scale=self.requested_scale, **overrides)
+        return from_state_dict(sd, arch=arch, scale=scale, **overrides)
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: model name, native scale, device and precision (for reports and --json)."""
+        model = self.model
+        precision = getattr(self, "precision", None)
+        return {
+            "model": self.model_name or getattr(model, "arch", None),
+            "scale": self.scale,
+            "device": str(self.device),
+            "precision": precision if isinstance(precision, str) and precision != "auto" else "fp32",
+        }
 
     def _any_scale(self, name: str) -> int:
         """Family and fixed settings do not depend on scale; pick one the manifest has."""
