@@ -27,10 +27,19 @@ EXAMPLES = """\
 Examples:
 
 \b
-  upscale photo.png -m hat -s 4          writes photo_x4.png beside photo.png
-  upscale photos/ -o big/ -m vapsr        every image in photos/ into big/
-  upscale photo.png --weights my.pth      a checkpoint of your own (architecture detected)
-  upscale models                          the models you can use
+  upscale photo.png -m hat -s 4            writes photo_x4.png beside photo.png
+  upscale photos/ -r -o big/               a folder and its sub-folders, mirrored into big/
+  upscale "shots/*.jpg" -f webp --quality 90
+  upscale photo.png --outscale 2.5         the x4 model, then a Lanczos resize to 2.5x
+  upscale photo.png --weights my.pth       a checkpoint of your own (architecture detected)
+  cat in.jpg | upscale - -o - > out.png    a pipe: logs go to stderr, the image to stdout
+  upscale photos/ --json -q                one JSON object per image, for scripts
+  upscale models                           the models you can use
+
+\b
+Outputs that exist are skipped (--overwrite replaces them), so running the same
+command again after an interruption resumes. Exit codes: 0 all done, 1 some
+images failed (the others were still processed), 2 bad arguments, 130 interrupted.
 """
 
 
@@ -42,6 +51,18 @@ class DefaultCommandGroup(TyperGroup):
         if args and args[0] not in self.commands and args[0] not in group_flags:
             args = [RUN, *args]
         return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] INPUTS...  |  COMMAND [ARGS]...")
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """`upscale --help` also lists the options of the default command: that is what users look for."""
+        super().format_help(ctx, formatter)
+        command = self.commands.get(RUN)
+        if command is not None:
+            sub = click.Context(command, info_name=RUN, parent=ctx)
+            with formatter.section(f"Options of `upscale [{RUN}] INPUTS...`"):
+                formatter.write_dl([r for p in command.get_params(sub) if (r := p.get_help_record(sub))])
 
 
 app = typer.Typer(
@@ -78,8 +99,13 @@ def run(
     model: Annotated[str | None, typer.Option("-m", "--model", help="Model name (see `upscale models`).")] = None,
     scale: Annotated[int | None, typer.Option("-s", "--scale", help="Scale factor of the model: 2, 3 or 4.")] = None,
     weights: Annotated[
-        Path | None, typer.Option("--weights", help="A checkpoint file to use instead of the model's own.")
+        str | None,
+        typer.Option("--weights", help="A checkpoint to use instead of the model's own: a file, an https:// URL "
+                     "or hf://OWNER/REPO/PATH[@REVISION] (downloaded once, then cached)."),
     ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use only cached weights, never the network (also HF_HUB_OFFLINE=1).")
+    ] = False,
     output: Annotated[
         str | None,
         typer.Option("-o", "--output", help="Output file, folder (created; ends in / or has no extension), "
@@ -128,7 +154,8 @@ def run(
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
-    up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha, **limit)
+    up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
+                  offline=offline, quiet=quiet, **limit)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     tag = suffix if suffix is not None else scale_suffix(up.scale, outscale)
     jobs = batch.plan(sources, output, tag=tag, fmt=fmt, overwrite=overwrite)
@@ -196,6 +223,44 @@ class Report:
                       highlight=False, markup=False, soft_wrap=True)
             for note in r.notes:
                 err.print(f"note: {r.input}: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("models", help="The models you can use: scales, size, license, and whether the weights are cached.")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list on stdout, an object per (model, scale).")] = False,
+) -> None:
+    from upscale import weights
+
+    rows = weights.catalog()
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    out = Console()
+    out.print(weights.catalog_table(rows))
+    out.print(f"\n* not known for every scale.  Weights cache: {weights.cache_dir()}", highlight=False)
+
+
+@app.command("download", help="Fetch a model's weights into the cache now, so later runs work offline; "
+             "or, with --from, put a file you downloaded yourself into the cache (checked first).")
+def download_cmd(
+    name: Annotated[str, typer.Argument(help="Model name (see `upscale models`).", show_default=False)],
+    scale: Annotated[int | None, typer.Option("-s", "--scale", help="Scale (default: the model's default).")] = None,
+    all_scales: Annotated[bool, typer.Option("--all", help="Every scale of the model.")] = False,
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="A checkpoint file you downloaded, to register for NAME and -s.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+) -> None:
+    from upscale import weights
+
+    if all_scales and (scale is not None or from_file is not None):
+        raise UsageError("--all fetches every scale: do not combine it with -s or --from")
+    if from_file is not None:
+        paths = [weights.register_file(name, scale, from_file, quiet=quiet)]
+    else:
+        paths = weights.prefetch(name, scale, all_scales=all_scales, quiet=quiet)
+    for path in paths:
+        print(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -455,3 +455,75 @@ def cached_file(variant: Variant) -> Path:
         raise UpscaleError(f"{variant.label} is not in the cache {cache_dir()}: run `upscale download "
                            f"{variant.name} -s {variant.scale}` or pass --weights PATH")
     return path
+
+
+# ---- `upscale models` ----------------------------------------------------------------------------------
+
+
+def catalog() -> list[dict[str, Any]]:
+    """One entry per (name, scale) of the manifest, with its cache state; no torch, no network."""
+    rows = []
+    for v in manifest.variants():
+        path = cached_path(v)
+        rows.append({
+            "name": v.name,
+            "scale": v.scale,
+            "family": v.family,
+            "title": v.title,
+            "filename": v.filename,
+            "size": v.size,
+            "sha256": v.sha256,
+            "parameters": v.parameters,
+            "license": v.license,
+            "paper": v.paper,
+            "overrides": v.overrides,
+            "sources": [manifest.describe_source(s) for s in v.sources],
+            "cached": path is not None,
+            "path": str(path) if path else None,
+        })
+    return rows
+
+
+def _span(values: list[float | None], scaled: float, unit: str) -> str:
+    """'0.33–0.34M' over the known values; '*' where some are not known; '?' when none is."""
+    known = sorted({x / scaled for x in values if x is not None})
+    if not known:
+        return "?"
+    digits = 2 if known[-1] < 10 else 1
+    text = f"{known[0]:.{digits}f}" if len(known) == 1 else f"{known[0]:.{digits}f}–{known[-1]:.{digits}f}"
+    return f"{text}{unit}" + ("*" if None in values else "")
+
+
+def catalog_table(rows: list[dict[str, Any]]):
+    """The rich Table `upscale models` prints: one line per model name."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col, justify in (("name", "left"), ("scales", "left"), ("params", "right"), ("size", "right"),
+                         ("license", "left"), ("source", "left"), ("cached", "left"), ("description", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "description")
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_name.setdefault(row["name"], []).append(row)
+    for name, group in by_name.items():
+        scales = [r["scale"] for r in group]
+        cached = [r["scale"] for r in group if r["cached"]]
+        hosts = {_host(s) for r in group for s in r["sources"][:1]}
+        table.add_row(
+            name,
+            " ".join(str(s) for s in scales),
+            _span([r["parameters"] for r in group], 1e6, "M"),
+            _span([r["size"] for r in group], 1e6, " MB"),
+            group[0]["license"],
+            ", ".join(sorted(hosts)) or "manual",
+            "all" if len(cached) == len(group) else (" ".join(f"x{s}" for s in cached) or "no"),
+            group[0]["title"],
+        )
+    return table
+
+
+def _host(source: str) -> str:
+    if source.startswith("hf://"):
+        return "Hugging Face"
+    host = urlsplit(source).hostname or "?"
+    return "GitHub" if host == "github.com" else host
