@@ -62,7 +62,8 @@ class DefaultCommandGroup(TyperGroup):
         if command is not None:
             sub = click.Context(command, info_name=RUN, parent=ctx)
             with formatter.section(f"Options of `upscale [{RUN}] INPUTS...`"):
-                formatter.write_dl([r for p in command.get_params(sub) if (r := p.get_help_record(sub))])
+                params = [p for p in command.get_params(sub) if isinstance(p, click.Option)]
+                formatter.write_dl([r for p in params if (r := p.get_help_record(sub))])
 
 
 app = typer.Typer(
@@ -94,10 +95,11 @@ def _root(
 def run(
     inputs: Annotated[
         list[str] | None,
-        typer.Argument(help="Image files, folders, glob patterns, or - for standard input.", show_default=False),
+        typer.Argument(help="Image files, folders, glob patterns, or - for standard input.", show_default=False,
+                       metavar="INPUTS..."),
     ] = None,
-    model: Annotated[str | None, typer.Option("-m", "--model", help="Model name (see `upscale models`).")] = None,
-    scale: Annotated[int | None, typer.Option("-s", "--scale", help="Scale factor of the model: 2, 3 or 4.")] = None,
+    model: Annotated[str | None, typer.Option("-m", "--model", metavar="NAME", help="Model name (see `upscale models`).")] = None,
+    scale: Annotated[int | None, typer.Option("-s", "--scale", metavar="N", help="Scale factor of the model: 2, 3 or 4.")] = None,
     weights: Annotated[
         str | None,
         typer.Option("--weights", help="A checkpoint to use instead of the model's own: a file, an https:// URL "
@@ -108,38 +110,38 @@ def run(
     ] = False,
     output: Annotated[
         str | None,
-        typer.Option("-o", "--output", help="Output file, folder (created; ends in / or has no extension), "
+        typer.Option("-o", "--output", metavar="PATH", help="Output file, folder (created; ends in / or has no extension), "
                      "or - for standard output. Default: beside each input."),
     ] = None,
     recursive: Annotated[
         bool, typer.Option("-r", "--recursive", help="Include sub-folders (mirrored under -o DIR).")
     ] = False,
     suffix: Annotated[
-        str | None, typer.Option("--suffix", help="Added to output names instead of _x<scale>.", show_default=False)
+        str | None, typer.Option("--suffix", metavar="TEXT", help="Added to output names instead of _x<scale>.", show_default=False)
     ] = None,
     fmt: Annotated[
         str | None,
-        typer.Option("-f", "--format", help="png, jpg, webp, tiff or bmp. Default: the -o extension, else png."),
+        typer.Option("-f", "--format", metavar="FORMAT", help="png, jpg, webp, tiff or bmp. Default: the -o extension, else png."),
     ] = None,
     quality: Annotated[
-        int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95/90; WebP 100 = lossless).")
+        int | None, typer.Option("--quality", min=1, max=100, metavar="1-100", help="JPEG/WebP quality (default 95/90; WebP 100 = lossless).")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs that exist (default: skip them, so a rerun resumes).")
     ] = False,
     outscale: Annotated[
         float | None,
-        typer.Option("--outscale", help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
+        typer.Option("--outscale", metavar="FACTOR", help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
     ] = None,
     alpha: Annotated[
-        str, typer.Option("--alpha", help="Transparency: matte (through the network, 2 passes) or resize (faster).")
+        str, typer.Option("--alpha", metavar="matte|resize", help="Transparency: matte (through the network, 2 passes) or resize (faster).")
     ] = "matte",
     max_megapixels: Annotated[
         float | None,
-        typer.Option("--max-megapixels", help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none).",
+        typer.Option("--max-megapixels", metavar="MP", help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none).",
                      show_default=False),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     json_lines: Annotated[
         bool, typer.Option("--json", help="One JSON object per image on stdout (stderr when stdout carries the image).")
     ] = False,
