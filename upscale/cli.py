@@ -62,7 +62,7 @@ class DefaultCommandGroup(TyperGroup):
         if command is not None:
             sub = click.Context(command, info_name=RUN, parent=ctx)
             with formatter.section(f"Options of `upscale [{RUN}] INPUTS...`"):
-                params = [p for p in command.get_params(sub) if isinstance(p, click.Option)]
+                params = [p for p in command.get_params(sub) if p.param_type_name == "option"]
                 formatter.write_dl([r for p in params if (r := p.get_help_record(sub))])
 
 
