@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+
+from upscale.errors import UpscaleError
+from upscale.models import SRModel
 
 
 def sync(device: torch.device) -> None:
@@ -52,3 +57,229 @@ def model_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     with torch.inference_mode(), counter:
         model(x)
     return counter.get_total_flops()
+
+
+# ---- `upscale bench`: one model forward pass, timed ---------------------------------------------
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# The official checkpoints' architectures, so a model can be timed without its file (speed does not
+# depend on the weights' values): the family's network class and the constructor arguments that give
+# the official layout (the authors' configs; None = the class defaults, which are the authors').
+# Built this way, the state dict still goes through `from_state_dict` like a real checkpoint.
+NET_CLASSES = {"vapsr": "VapSR", "a2n": "A2N", "hat": "HAT", "panet": "PAEDSR"}
+OFFICIAL_LAYOUTS: dict[str, dict[str, Any]] = {
+    "vapsr": {},
+    "vapsr-s": {"num_feat": 32, "num_block": 11, "d_atten": 64, "conv_groups": 2},
+    "a2n": {},
+    "a2n-superimage": {},
+    "hat-s": {"embed_dim": 144, "cab_hidden": 6, "ca_hidden": 6, "mlp_hidden": 288},
+    "hat": {},
+    "hat-l": {"depths": (6,) * 12, "num_heads": (6,) * 12},
+    "hat-imagenet": {},
+    "real-hat-gan": {},
+    "real-hat-gan-sharper": {},
+    "panet": {},
+}
+LIGHT_MODELS = ("vapsr", "vapsr-s", "a2n")  # the default on CPU, where HAT and PANet take minutes
+ALL_MODELS = ("vapsr", "vapsr-s", "a2n", "hat-s", "hat", "hat-l", "panet")  # one of each architecture
+
+
+@dataclass
+class BenchResult:
+    model: str
+    scale: int
+    weights: str  # "official" (cached file) or "random" (official layout)
+    params: int
+    device: str
+    precision: str
+    width: int
+    height: int
+    seconds: float  # fastest of the timed runs
+    input_mpix_per_s: float
+    peak_memory_bytes: int | None  # above what was in use before the model ran; None if unknown
+    memory_kind: str  # what peak_memory_bytes measures
+    gflop: float  # per forward pass
+    gflops: float  # achieved
+    matmul_gflops: float  # the machine's dense matmul throughput, same device and precision, same run
+    fraction: float  # gflops / matmul_gflops
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' (or one number for a square) → (W, H)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        w, h = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        w = h = 0
+    if w <= 0 or h <= 0:
+        raise UpscaleError(f"size must be WxH in pixels, such as 256x256, not {text!r}")
+    return w, h
+
+
+def bench_model_for(name: str, scale: int | None = None) -> tuple[SRModel, str]:
+    """The model `name` of the manifest: its cached official weights if present, else a random official layout."""
+    from upscale import manifest
+    from upscale import weights as wt
+    from upscale.models import family, from_state_dict
+
+    variant = manifest.resolve(name, scale)
+    try:
+        path = wt.cached_file(variant)
+    except UpscaleError:
+        path = None
+    if path is not None:
+        sd, source = wt.load_checkpoint(path), "official"
+    else:
+        if name not in OFFICIAL_LAYOUTS or variant.family not in NET_CLASSES:
+            raise UpscaleError(f"{name} x{variant.scale} weights are not in the cache and its layout is not "
+                               f"built in: download them first (then bench uses them)")
+        cls = getattr(family(variant.family), NET_CLASSES[variant.family])
+        torch.manual_seed(0)
+        sd, source = cls(variant.scale, **OFFICIAL_LAYOUTS[name]).state_dict(), "random"
+    model = from_state_dict(sd, arch=variant.family, scale=variant.scale, **variant.overrides)
+    return model, source
+
+
+class _PeakMemory:
+    """Peak memory of a block above what was in use at its start: CUDA allocator, or process RSS on Linux."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak: int | None = None
+        self.kind = "unknown"
+
+    def __enter__(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.kind = "cuda allocated"
+        elif self.device.type == "cpu" and _reset_rss_peak():
+            self._base = _proc_status_kib("VmRSS")
+            self.kind = "process RSS"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "cuda allocated":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        elif self.kind == "process RSS":
+            self.peak = max(0, (_proc_status_kib("VmHWM") - self._base) * 1024)
+
+
+def _reset_rss_peak() -> bool:
+    """Linux lets a process reset its own RSS high-water mark (VmHWM) by writing 5 to clear_refs.
+
+    Freed memory that the allocator kept would hide a run's needs, so hand it back first (glibc).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _proc_status_kib("VmHWM") > 0
+    except OSError:
+        return False
+
+
+def _proc_status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def bench_model(
+    model: torch.nn.Module,
+    size: tuple[int, int],
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    repeat: int = 3,
+    matmul: float | None = None,
+) -> dict[str, Any]:
+    """Time one forward pass of a W×H input already on the device (decode, encode and transfers excluded)."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise UpscaleError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    w, h = size
+    model = model.to(device=device, dtype=dtype).eval()
+    x = torch.rand(1, 3, h, w, device=device, dtype=dtype)
+    flops = model_flops(model, x)  # also the warm-up run
+    mem = _PeakMemory(device)
+    with torch.inference_mode(), mem:
+        seconds = best_time(lambda: model(x), device, repeat=repeat, warmup=0)
+    if matmul is None:
+        matmul = matmul_gflops(device, dtype)
+    gflops = flops / seconds / 1e9
+    return {
+        "seconds": seconds,
+        "input_mpix_per_s": w * h / seconds / 1e6,
+        "peak_memory_bytes": mem.peak,
+        "memory_kind": mem.kind,
+        "gflop": flops / 1e9,
+        "gflops": gflops,
+        "matmul_gflops": matmul,
+        "fraction": gflops / matmul,
+    }
+
+
+def run_bench(
+    names: list[str] | None = None,
+    size: tuple[int, int] = (256, 256),
+    device: str = "auto",
+    precision: str = "fp32",
+    scale: int | None = None,
+    repeat: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Bench each named model; the matmul yardstick is measured once per run, before the models."""
+    from upscale.engine import select_device
+
+    dev = select_device(device)
+    if precision not in PRECISIONS:
+        raise UpscaleError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    names = list(names or (LIGHT_MODELS if dev.type == "cpu" else ALL_MODELS))
+    loaded = [(name, *bench_model_for(name, scale)) for name in names]  # fail before any timing
+    if progress is not None:
+        progress("matmul")
+    matmul = matmul_gflops(dev, PRECISIONS[precision])
+    results = []
+    for name, model, source in loaded:
+        if progress is not None:
+            progress(name)
+        figures = bench_model(model, size, dev, precision, repeat=repeat, matmul=matmul)
+        results.append(BenchResult(
+            model=name, scale=model.scale, weights=source, params=model.num_parameters(), device=str(dev),
+            precision=precision, width=size[0], height=size[1], **figures,
+        ))
+        model.to("cpu")  # free the device for the next model
+    return results
+
+
+def bench_table(results: list[BenchResult]):
+    """A rich Table of bench results (used by `upscale bench`)."""
+    from rich.table import Table
+
+    first = results[0] if results else None
+    title = "" if first is None else (
+        f"{first.width}×{first.height} input, {first.device}, {first.precision}; "
+        f"matmul {first.matmul_gflops:.0f} GFLOP/s"
+    )
+    t = Table(title=title, title_justify="left")
+    for name in ("model", "scale", "weights", "params", "Mpx/s (input)", "ms", "peak mem (MiB)", "GFLOP",
+                 "GFLOP/s", "of matmul"):
+        t.add_column(name, justify="left" if name in ("model", "weights") else "right")
+    for r in results:
+        mem = "?" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:.1f}"
+        t.add_row(r.model, f"x{r.scale}", r.weights, f"{r.params / 1e6:.2f}M", f"{r.input_mpix_per_s:.3f}",
+                  f"{r.seconds * 1e3:.1f}", mem, f"{r.gflop:.1f}", f"{r.gflops:.1f}", f"{r.fraction:.0%}")
+    return t

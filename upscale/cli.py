@@ -142,6 +142,9 @@ def run(
                      show_default=False),
     ] = None,
     device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
+    ] = False,
     json_lines: Annotated[
         bool, typer.Option("--json", help="One JSON object per image on stdout (stderr when stdout carries the image).")
     ] = False,
@@ -157,7 +160,7 @@ def run(
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
     up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
-                  offline=offline, quiet=quiet, **limit)
+                  offline=offline, quiet=quiet, tta=tta, **limit)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     tag = suffix if suffix is not None else scale_suffix(up.scale, outscale)
     jobs = batch.plan(sources, output, tag=tag, fmt=fmt, overwrite=overwrite)
@@ -263,6 +266,83 @@ def download_cmd(
         paths = weights.prefetch(name, scale, all_scales=all_scales, quiet=quiet)
     for path in paths:
         print(path)
+
+
+@app.command("eval", help="Score a model on benchmark datasets the papers' way: PSNR and SSIM on Y, "
+             "scale pixels shaved. DATASET has HR/<name>.png and LR_bicubic/X<s>/<name>x<s>.png.")
+def eval_cmd(
+    datasets: Annotated[
+        list[Path], typer.Argument(help="Dataset folders (Set5, Set14, ...).", show_default=False, metavar="DATASET...")
+    ],
+    model: Annotated[str | None, typer.Option("-m", "--model", metavar="NAME", help="Model name (see `upscale models`).")] = None,
+    scale: Annotated[int | None, typer.Option("-s", "--scale", metavar="N", help="Scale factor of the model: 2, 3 or 4.")] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", metavar="PATH", help="A checkpoint to use instead of the model's own.")
+    ] = None,
+    self_ensemble: Annotated[
+        bool, typer.Option("--self-ensemble", help="Average the 8 flips/rotations (the papers' '+' rows; 8x slower).")
+    ] = False,
+    per_image: Annotated[bool, typer.Option("--per-image", help="A row per image, not only the means.")] = False,
+    save: Annotated[
+        Path | None, typer.Option("--save", metavar="DIR", help="Write the outputs to DIR/<dataset>/<name>.png.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of the table.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from upscale import evaluate
+    from upscale.upscaler import Upscaler
+
+    up = Upscaler(model=model, scale=scale, weights=weights, device=device, tta=self_ensemble, quiet=quiet)
+    up.model  # load (and fail) before any progress display starts  # noqa: B018
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, disable=quiet or not err.is_terminal, transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        results = evaluate.evaluate(up, datasets, save_to=save,
+                                    progress=lambda d, t, name: bar.update(task, completed=d, total=t, description=name))
+    name = up.model_name or up.model.arch
+    info = {"model": name, "arch": up.model.arch, "scale": up.scale, "weights": weights,
+            "self_ensemble": self_ensemble, "device": str(up.device)}
+    if as_json:
+        print(json.dumps(evaluate.report(results, info), indent=1))
+        return
+    title = f"{name} x{up.scale}{' (self-ensemble)' if self_ensemble else ''} on {up.device}"
+    Console().print(evaluate.table(results, title, per_image=per_image))
+
+
+@app.command("bench", help="Speed of models: input megapixels per second, peak memory, and achieved GFLOP/s "
+             "as a fraction of this machine's matmul throughput (measured in the same run).")
+def bench_cmd(
+    models: Annotated[
+        list[str] | None,
+        typer.Option("-m", "--model", metavar="NAME", help="Model name; repeat for several (default: the light "
+                     "models on CPU, one of each architecture elsewhere).", show_default=False),
+    ] = None,
+    scale: Annotated[int | None, typer.Option("-s", "--scale", metavar="N", help="Scale (default: each model's default).")] = None,
+    size: Annotated[str, typer.Option("--size", metavar="WxH", help="Input size in pixels.")] = "256x256",
+    device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", metavar="fp32|fp16|bf16", help="Number format.")] = "fp32",
+    repeat: Annotated[int, typer.Option("--repeat", min=1, metavar="N", help="Timed runs per model (the fastest counts).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list on stdout instead of the table.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+) -> None:
+    from upscale import bench
+
+    def say(what: str) -> None:
+        if not quiet:
+            err.print(f"timing {what}…", highlight=False)
+
+    results = bench.run_bench(models, bench.parse_size(size), device=device, precision=precision, scale=scale,
+                              repeat=repeat, progress=say)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=1))
+        return
+    Console().print(bench.bench_table(results))
+    print("weights 'random': the official layout with random values (same speed). Mpx/s counts input pixels; "
+          "peak memory is above what was in use before the model ran.")
 
 
 def main(argv: list[str] | None = None) -> None:
