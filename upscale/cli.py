@@ -240,8 +240,8 @@ def models_cmd(
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    out = Console()
-    out.print(weights.catalog_table(rows))
+    out = Console() if sys.stdout.isatty() else Console(width=200)  # piped: never truncate
+    out.print(weights.catalog_table(rows, wide=out.width >= 120))
     out.print(f"\n* not known for every scale.  Weights cache: {weights.cache_dir()}", highlight=False)
 
 
@@ -358,10 +358,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)  # one line, never re-wrapped
         sys.exit(2 if isinstance(exc, UsageError) else 1)
-    except click.ClickException as exc:
+    except _click_errors("ClickException") as exc:  # bad usage: click's message, exit 2
         exc.show()
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*_click_errors("Abort"), KeyboardInterrupt):
         err.print("interrupted: no partial file was left; run the same command again to resume "
                   "(finished outputs are skipped)", highlight=False)
         sys.exit(130)
@@ -370,3 +370,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _click_errors(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class and, for typer versions that vendor their own click, typer's copy."""
+    classes = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        return tuple(classes)
+    return (*classes, getattr(vendored, name))

@@ -42,11 +42,11 @@ class TransientError(UpscaleError):
 
 
 class ByteBar:
-    """A rich progress bar for one transfer on stderr (bytes, speed, time left); silent when quiet."""
+    """A rich progress bar for one transfer on stderr (bytes, speed, time left); only on a terminal."""
 
     def __init__(self, description: str, total: int | None = None, quiet: bool = False, initial: int = 0):
         self._progress = None
-        if quiet:
+        if quiet or not sys.stderr.isatty():  # logs get the start and end lines only
             return
         from rich.console import Console
         from rich.progress import (

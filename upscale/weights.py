@@ -347,6 +347,8 @@ def _adopt_unrecorded(w: Wanted, expected: str | None, quiet: bool) -> Path | No
 def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool) -> Path:
     """Download from one source, verify, and only then keep it and write its record."""
     where = manifest.describe_source(source)
+    size = f", {w.size / 1e6:.1f} MB" if w.size else ""
+    download.say(f"downloading {w.label}{size} from {where}", quiet)
     if "url" in source:
         tmp = w.store / f".{w.filename}.{uuid.uuid4().hex[:8]}.part"
         try:
@@ -371,7 +373,7 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
             quiet,
         )
     _write_record(w, path, digest, where, "manifest" if w.sha256 else "first download")
-    download.say(f"downloaded {w.label} from {where}, verified, cached at {path}", quiet)
+    download.say(f"verified {w.label} (sha256 {digest[:16]}…), cached at {path}", quiet)
     return path
 
 
@@ -494,36 +496,35 @@ def _span(values: list[float | None], scaled: float, unit: str) -> str:
     return f"{text}{unit}" + ("*" if None in values else "")
 
 
-def catalog_table(rows: list[dict[str, Any]]):
-    """The rich Table `upscale models` prints: one line per model name."""
+def catalog_table(rows: list[dict[str, Any]], wide: bool = True):
+    """The rich Table `upscale models` prints: one line per model name (`wide`: with descriptions)."""
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col, justify in (("name", "left"), ("scales", "left"), ("params", "right"), ("size", "right"),
-                         ("license", "left"), ("source", "left"), ("cached", "left"), ("description", "left")):
-        table.add_column(col, justify=justify, no_wrap=col != "description")
+    table = Table(box=None, pad_edge=False, collapse_padding=not wide, header_style="bold")
+    columns = ["name", "scales", "params", "size", "license", "source", "cached"] + (["description"] if wide else [])
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("params", "size") else "left", no_wrap=col != "description")
     by_name: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_name.setdefault(row["name"], []).append(row)
     for name, group in by_name.items():
-        scales = [r["scale"] for r in group]
         cached = [r["scale"] for r in group if r["cached"]]
         hosts = {_host(s) for r in group for s in r["sources"][:1]}
-        table.add_row(
+        cells = [
             name,
-            " ".join(str(s) for s in scales),
+            ",".join(str(r["scale"]) for r in group),
             _span([r["parameters"] for r in group], 1e6, "M"),
             _span([r["size"] for r in group], 1e6, " MB"),
             group[0]["license"],
             ", ".join(sorted(hosts)) or "manual",
             "all" if len(cached) == len(group) else (" ".join(f"x{s}" for s in cached) or "no"),
-            group[0]["title"],
-        )
+        ]
+        table.add_row(*cells, *([group[0]["title"]] if wide else []))
     return table
 
 
 def _host(source: str) -> str:
     if source.startswith("hf://"):
-        return "Hugging Face"
+        return "HF Hub"
     host = urlsplit(source).hostname or "?"
     return "GitHub" if host == "github.com" else host
