@@ -101,14 +101,15 @@ def decode(data: bytes, name: str = "image", max_pixels: int | None = DEFAULT_MA
             warnings.simplefilter("ignore")  # Pillow's chatter about odd chunks is not the user's business
             with Image.open(io.BytesIO(data)) as im:
                 _check_size(im.size, max_pixels, name)
+                deep_colour = _is_16bit_colour(im)  # before anything loads the pixels and clears im.tile
                 icc = im.info.get("icc_profile") or None
-                exif = im.getexif()
-                orientation = int(exif.get(_ORIENTATION, 1) or 1)
-                dpi = im.info.get("dpi")
-                if _is_16bit_colour(im):
+                if deep_colour:
                     pixels = _decode_16bit_colour(data, name)
                 else:
                     pixels, icc = _pixels(im, icc)
+                exif = im.getexif()
+                orientation = int(exif.get(_ORIENTATION, 1) or 1)
+                dpi = im.info.get("dpi")
     except UpscaleError:
         raise
     except UnidentifiedImageError:
@@ -261,8 +262,8 @@ def encode(picture: Picture, fmt: str = "png", quality: int | None = None) -> tu
     elif fmt == "webp":
         q = quality or DEFAULT_QUALITY["webp"]
         options.update(quality=q, lossless=q >= 100, method=4)
-    elif fmt == "tiff":
-        options["compression"] = "tiff_deflate"
+    elif fmt == "tiff" and not exif:
+        options["compression"] = "tiff_deflate"  # libtiff cannot write an EXIF sub-IFD: then uncompressed
     buf = io.BytesIO()
     image.save(buf, format=FORMATS[fmt][0], **options)
     return buf.getvalue(), notes
