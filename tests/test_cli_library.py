@@ -1,0 +1,101 @@
+"""What Upscaler does around the network: gray, alpha, 16-bit, --outscale, PIL in and out.
+
+The network is replaced by a nearest-neighbour ×2 so every expected pixel is known exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from upscale import Upscaler
+from upscale.errors import UsageError
+
+
+class NearestUpscaler(Upscaler):
+    """Upscaler whose 'network' repeats each pixel: the plumbing around it is what is tested."""
+
+    calls = 0
+
+    @property
+    def scale(self) -> int:
+        return 2
+
+    def upscale_rgb(self, array, progress=None):
+        assert array.ndim == 3 and array.shape[2] == 3 and array.dtype in (np.uint8, np.uint16)
+        type(self).calls += 1
+        return array.repeat(2, axis=0).repeat(2, axis=1)
+
+
+def nearest(a: np.ndarray) -> np.ndarray:
+    return a.repeat(2, axis=0).repeat(2, axis=1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_gray_stays_one_channel(rng):
+    gray = rng.integers(0, 256, (5, 4), dtype=np.uint8)
+    out = NearestUpscaler().upscale_array(gray)
+    np.testing.assert_array_equal(out, nearest(gray))
+
+
+def test_16bit_stays_16bit(rng):
+    rgb = rng.integers(0, 65536, (3, 4, 3), dtype=np.uint16)
+    out = NearestUpscaler().upscale_array(rgb)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, nearest(rgb))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_alpha_matte_upscales_alpha_and_keeps_colour(rng, dtype):
+    peak = np.iinfo(dtype).max
+    rgba = rng.integers(0, peak + 1, (6, 5, 4), dtype=np.uint64).astype(dtype)
+    rgba[0, 0, 3] = 0  # fully transparent: its hidden colour must not matter
+    up = NearestUpscaler()
+    NearestUpscaler.calls = 0
+    out = up.upscale_array(rgba)
+    assert NearestUpscaler.calls == 2  # on black and on white
+    assert out.shape == (12, 10, 4) and out.dtype == dtype
+    want = nearest(rgba).astype(np.int64)
+    np.testing.assert_allclose(out[:, :, 3], want[:, :, 3], atol=1)  # alpha survives, not flattened
+    opaque_enough = want[:, :, 3] > peak // 4
+    err = np.abs(out[:, :, :3].astype(np.int64) - want[:, :, :3])[opaque_enough]
+    assert err.max() <= 8 * (peak // 255)  # colour recovered from the premultiplied composite
+
+
+def test_alpha_resize_is_one_pass_and_gray_alpha_stays_two_channels(rng):
+    la = rng.integers(0, 256, (4, 4, 2), dtype=np.uint8)
+    NearestUpscaler.calls = 0
+    out = NearestUpscaler(alpha="resize").upscale_array(la)
+    assert NearestUpscaler.calls == 1 and out.shape == (8, 8, 2)
+    np.testing.assert_array_equal(out[:, :, 0], nearest(la)[:, :, 0])
+
+
+def test_outscale_resizes_after_the_network(rng):
+    rgb = rng.integers(0, 256, (10, 8, 3), dtype=np.uint8)
+    out = NearestUpscaler(outscale=1.5).upscale_array(rgb)
+    assert out.shape == (15, 12, 3)
+    flat = np.full((10, 8, 3), 77, np.uint8)  # a resize of a flat image stays flat (no ringing, no shift)
+    assert (NearestUpscaler(outscale=3.3).upscale_array(flat) == 77).all()
+
+
+def test_pil_image_modes():
+    up = NearestUpscaler()
+    assert up.upscale_image(Image.new("L", (3, 2), 9)).mode == "L"
+    assert up.upscale_image(Image.new("RGBA", (3, 2), (1, 2, 3, 4))).mode == "RGBA"
+    assert up.upscale_image(Image.new("RGBA", (3, 2), (1, 2, 3, 255))).mode == "RGB"  # opaque alpha dropped
+    deep = up.upscale_image(Image.fromarray(np.full((2, 3), 40000, np.uint16)))
+    assert deep.mode.startswith("I;16") and deep.size == (6, 4) and np.asarray(deep).max() == 40000
+
+
+def test_bad_arguments_are_usage_errors():
+    with pytest.raises(UsageError):
+        Upscaler(outscale=0)
+    with pytest.raises(UsageError):
+        Upscaler(alpha="bicubic")
+    with pytest.raises(Exception, match="C in 1..4"):
+        NearestUpscaler().upscale_array(np.zeros((2, 2, 5), np.uint8))
