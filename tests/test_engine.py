@@ -1,0 +1,216 @@
+"""The engine: tiled equals whole-image, reduced precision falls back per tile, OOM halves the tile."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from upscale import engine
+from upscale.engine import upscale_array
+from upscale.errors import UpscaleError
+from upscale.models import SRModel, from_state_dict
+from upscale.models.a2n import A2N
+from upscale.models.base import NetSpec
+from upscale.models.vapsr import VapSR
+
+
+@pytest.fixture(scope="module")
+def vapsr() -> SRModel:
+    torch.manual_seed(0)
+    sd = VapSR(4, num_feat=16, num_block=3, d_atten=16, up_feat=16).state_dict()
+    sd["upsampler.3.bias"] += 0.5  # centre the output in 0..1 so that clamping hides nothing
+    return from_state_dict(sd)
+
+
+@pytest.fixture(scope="module")
+def a2n() -> SRModel:
+    torch.manual_seed(1)
+    return from_state_dict(A2N(2, nf=16, unf=8, nb=3, reduction_feat=4).state_dict(), scale=2, input_range=1.0)
+
+
+def image(h: int, w: int, seed: int = 0, dtype=np.uint8) -> np.ndarray:
+    """Smooth structure plus noise, so that every pixel matters to its neighbours."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 0.5 + 0.3 * np.sin(yy[..., None] / 3.0 + np.array([0, 1, 2])) * np.cos(xx[..., None] / 5.0)
+    img = np.clip(base + 0.15 * rng.standard_normal((h, w, 3)), 0, 1)
+    return np.round(img * np.iinfo(dtype).max).astype(dtype)
+
+
+def assert_close_8bit(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    d = np.abs(a.astype(np.int32) - b.astype(np.int32))
+    assert d.max() <= 1, f"max difference {d.max()}"
+    assert (d > 0).mean() <= 0.001, f"{(d > 0).mean():.4%} of values off by one"
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile"),
+    [((45, 61), 16), ((33, 29), 7), ((1, 1), 1), ((1, 37), 5), ((40, 1), 9), ((64, 64), 32)],
+)
+def test_vapsr_tiled_equals_whole(vapsr, shape, tile):
+    img = image(*shape)
+    whole = upscale_array(vapsr, img, tile=0)
+    tiled = upscale_array(vapsr, img, tile=tile)  # overlap auto: receptive field + blend ramp
+    assert whole.shape == (shape[0] * 4, shape[1] * 4, 3)
+    assert_close_8bit(whole, tiled)
+
+
+def test_vapsr_tiled_equals_whole_16bit(vapsr):
+    img = image(23, 41, dtype=np.uint16)
+    whole = upscale_array(vapsr, img, tile=0)
+    tiled = upscale_array(vapsr, img, tile=20)
+    assert tiled.dtype == np.uint16
+    # float-level equality: different conv shapes reorder sums, nothing more
+    assert np.abs(whole.astype(np.int64) - tiled.astype(np.int64)).max() <= 2
+
+
+def test_too_small_overlap_is_not_exact(vapsr):
+    """The test above can fail: with less context than the receptive field the tiles differ."""
+    img = image(45, 61)
+    whole = upscale_array(vapsr, img, tile=0)
+    tiled = upscale_array(vapsr, img, tile=16, tile_overlap=2)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() > 1
+
+
+@pytest.mark.parametrize(("shape", "tile"), [((45, 61), 16), ((33, 29), 7), ((1, 1), 1), ((1, 37), 5)])
+def test_a2n_tiled_close_to_whole(a2n, shape, tile):
+    # A2N's pooled gates see the whole tile, so tiles are not exact: the default overlap keeps them
+    # within the 8-bit tolerance (measured on the official weights in benchmarks/README.md).
+    img = image(*shape, seed=3)
+    assert_close_8bit(upscale_array(a2n, img, tile=0), upscale_array(a2n, img, tile=tile))
+
+
+def test_feather_weights_sum_to_one():
+    size, scale, feather = 50, 3, 4
+    cuts = engine.cuts(size, 13)
+    total = np.zeros(size * scale)
+    for lo, hi in itertools.pairwise(cuts):
+        start, wt = engine.ramp_weights(lo, hi, size, feather, scale)
+        total[start : start + len(wt)] += wt
+        assert 0 < wt.min() and wt.max() <= 1
+    np.testing.assert_allclose(total, 1, atol=1e-6)
+
+
+def test_window_respects_pad_multiple():
+    assert engine.window(16, 32, 100, 5, 8) == (11, 43)  # 26 → 32, grown at the end
+    assert engine.window(80, 100, 100, 5, 8) == (68, 100)  # no room at the end: grown at the start
+    a, b = engine.window(0, 5, 5, 3, 8)
+    assert (a, b) == (0, 5)  # smaller than the multiple: SRModel reflect-pads the rest
+
+
+class Faulty(SRModel):
+    """An SRModel whose forward misbehaves on demand (NaN in reduced precision, or out of memory)."""
+
+    def __init__(self, inner: SRModel, nan_on_call: int | None = None, oom_above: int | None = None):
+        spec = NetSpec(net=inner.net, scale=inner.scale, receptive_field=inner.receptive_field)
+        super().__init__(inner.arch, spec)
+        self.nan_on_call = nan_on_call
+        self.oom_above = oom_above
+        self.calls = 0
+        self.sides: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sides.append(max(x.shape[-2:]))
+        if self.oom_above is not None and max(x.shape[-2:]) > self.oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        y = super().forward(x)
+        if x.dtype != torch.float32:
+            self.calls += 1
+            if self.calls == self.nan_on_call:
+                y = y.clone()
+                y[..., 0, 0] = float("nan")
+        return y
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_non_finite_tile_is_recomputed_in_fp32(vapsr, precision):
+    model = Faulty(vapsr, nan_on_call=2)
+    img = image(30, 30)
+    with pytest.warns(engine.NonFiniteWarning, match=f"1 of 4 tiles .* {precision}"):
+        out = upscale_array(model, img, precision=precision, tile=15)
+    reference = upscale_array(vapsr, img, tile=15)
+    # The recomputed tile is the fp32 result; the others are reduced precision, close to it.
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 8
+    h = out.shape[0] // 2
+    region = (slice(0, h - 4 * 4), slice(h + 4 * 4, None))  # inside the second tile, away from blends
+    np.testing.assert_array_equal(out[region], reference[region])
+
+
+def test_reduced_precision_without_faults_warns_nothing(vapsr):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = upscale_array(vapsr, image(20, 20), precision="bf16", tile=10)
+    assert out.shape == (80, 80, 3)
+
+
+def test_out_of_memory_halves_the_tile(vapsr):
+    img = image(48, 52)
+    model = Faulty(vapsr, oom_above=40)  # a tile's input span may be at most 40 pixels
+    seen: list[tuple[int, int]] = []
+    out = upscale_array(model, img, tile=0, tile_overlap=4, progress=lambda d, t: seen.append((d, t)))
+    assert model.sides[0] == 52 and max(model.sides[1:]) <= 40  # whole image first, then 26-pixel cores
+    np.testing.assert_array_equal(out, upscale_array(vapsr, img, tile=26, tile_overlap=4))
+    assert seen == [(i, 4) for i in range(1, 5)]  # progress restarted with the smaller tiles and finished
+
+
+def test_out_of_memory_at_the_floor_gives_a_clear_error(vapsr):
+    model = Faulty(vapsr, oom_above=0)
+    with pytest.raises(UpscaleError, match="out of memory on cpu even with 32-pixel tiles"):
+        upscale_array(model, image(70, 70), tile=0)
+
+
+def test_other_errors_are_not_retried(vapsr):
+    class Broken(Faulty):
+        def forward(self, x):
+            raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        upscale_array(Broken(vapsr), image(8, 8))
+
+
+def test_progress_counts_tiles(vapsr):
+    seen = []
+    upscale_array(vapsr, image(20, 30), tile=10, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+
+def test_precision_policy():
+    class M:
+        fp16_safe = True
+
+    class Unsafe:
+        fp16_safe = False
+
+    cpu = torch.device("cpu")
+    assert engine.select_precision("auto", cpu, M()) == torch.float32
+    assert engine.select_precision("bf16", cpu, M()) == torch.bfloat16
+    assert engine.select_precision("fp16", cpu, Unsafe()) == torch.float16
+    with pytest.raises(UpscaleError, match="unknown precision"):
+        engine.select_precision("int8", cpu, M())
+
+
+def test_bad_tile_values_are_reported(vapsr):
+    with pytest.raises(UpscaleError, match="--tile must be"):
+        upscale_array(vapsr, image(8, 8), tile="big")
+    with pytest.raises(UpscaleError, match="--tile-overlap must be 0 or more"):
+        upscale_array(vapsr, image(8, 8), tile_overlap=-1)
+
+
+def test_auto_tile_shrinks_with_the_budget(vapsr):
+    whole = engine.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=1 << 40, host_band=True)
+    small = engine.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=20 << 20, host_band=True)
+    assert whole == 0
+    assert engine.MIN_TILE <= small < 200
+
+
+def test_missing_device_is_reported():
+    if not torch.cuda.is_available():
+        with pytest.raises(UpscaleError, match="CUDA is not available"):
+            engine.select_device("cuda:1")
+    with pytest.raises(UpscaleError, match="unknown device"):
+        engine.select_device("tpu0")
