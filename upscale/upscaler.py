@@ -50,6 +50,9 @@ class Upscaler:
         max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
         offline: bool = False,
         quiet: bool = False,
+        precision: str = "auto",
+        tile: int | str = "auto",
+        tile_overlap: int | str = "auto",
         **overrides: Any,
     ):
         self.model_name = model or (None if weights else DEFAULT_MODEL)
@@ -66,6 +69,8 @@ class Upscaler:
         self.device_name = device
         self.offline = offline  # use only cached weights (also HF_HUB_OFFLINE=1)
         self.quiet = quiet  # no download progress or notices
+        # engine settings (upscale/engine.py): auto, or fp32/fp16/bf16; tile and overlap in input pixels
+        self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
         self.overrides = overrides
         self._model: SRModel | None = None
         self._device = None
@@ -117,13 +122,18 @@ class Upscaler:
     def describe(self) -> dict[str, Any]:
         """What runs: model name, native scale, device and precision (for reports and --json)."""
         model = self.model
-        precision = getattr(self, "precision", None)
         return {
             "model": self.model_name or getattr(model, "arch", None),
             "scale": self.scale,
             "device": str(self.device),
-            "precision": precision if isinstance(precision, str) and precision != "auto" else "fp32",
+            "precision": self.resolved_precision(),
         }
+
+    def resolved_precision(self) -> str:
+        """The number format `precision` means for this model on this device (auto resolved)."""
+        from upscale.engine import NAMES, select_precision
+
+        return NAMES[select_precision(self.precision, self.device, self.model)]
 
     def _any_scale(self, name: str) -> int:
         """Family and fixed settings do not depend on scale; pick one the manifest has."""
@@ -137,7 +147,10 @@ class Upscaler:
         from upscale.engine import upscale_array
 
         model = self.model
-        return upscale_array(model, array, device=self.device, progress=progress)
+        return upscale_array(
+            model, array, device=self.device, progress=progress,
+            precision=self.precision, tile=self.tile, tile_overlap=self.tile_overlap,
+        )
 
     def upscale_array(self, array: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
         """Any H×W or H×W×C image (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; uint8 or uint16) → the same
