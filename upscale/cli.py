@@ -142,6 +142,17 @@ def run(
                      show_default=False),
     ] = None,
     device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", metavar="auto|fp32|fp16|bf16",
+                          help="Number format (auto: fp16 on GPUs where the model is safe in it, else bf16; fp32 on CPU).")
+    ] = "auto",
+    tile: Annotated[
+        str, typer.Option("--tile", metavar="N|auto", help="Tile side in input pixels (0: whole image; auto: from free memory).")
+    ] = "auto",
+    tile_overlap: Annotated[
+        str, typer.Option("--tile-overlap", metavar="N|auto",
+                          help="Context per tile side in input pixels (auto: the model's receptive field, else 32).")
+    ] = "auto",
     tta: Annotated[
         bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
     ] = False,
@@ -160,7 +171,8 @@ def run(
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
     up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
-                  offline=offline, quiet=quiet, tta=tta, **limit)
+                  offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                  **limit)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     tag = suffix if suffix is not None else scale_suffix(up.scale, outscale)
     jobs = batch.plan(sources, output, tag=tag, fmt=fmt, overwrite=overwrite)
