@@ -47,12 +47,14 @@ class HubServer:
     corrupt: set[str] = field(default_factory=set)  # keys: "repo_type:repo/path" or "files/name"
     cut: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    ranges: list[str] = field(default_factory=list)  # Range headers received
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "cdn"))
-        self._threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self._hub, self._cdn)]
+        self._threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+                         for s in (self._hub, self._cdn)]
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -125,6 +127,8 @@ def _handler(server: HubServer, role: str) -> type[BaseHTTPRequestHandler]:
         def _answer(self, head: bool) -> None:
             path = urlsplit(self.path).path
             server.log(self.command, f"{role}:{path}")
+            if self.headers.get("Range"):
+                server.ranges.append(self.headers["Range"])
             parts = [unquote(p) for p in path.strip("/").split("/")]
             if role == "cdn" and len(parts) == 2 and parts[0] == "blobs":
                 found = server.blob_by_sha(parts[1])

@@ -1,0 +1,367 @@
+"""Fetching weights: the real download code against a local stand-in for the Hub and for GitHub.
+
+Nothing here leaves 127.0.0.1: HF_ENDPOINT points huggingface_hub at tests/hub_server.py, and the
+manifest (UPSCALE_MANIFEST) is the real one with its sources rewritten to that server. The served
+files are the official checkpoints in ../shared/weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_one_line_error, run_cli
+from hub_server import HubServer
+
+from upscale import download, manifest, weights
+from upscale.errors import UpscaleError
+
+REV = "0123456789abcdef0123456789abcdef01234567"  # a pinned (full) revision
+
+
+@pytest.fixture
+def server():
+    with HubServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def hub(shared, server, tmp_path, monkeypatch):
+    """Server with the official files, a manifest pointing at it, and a private cache; returns the server."""
+    w = shared / "weights"
+    server.add_hub_file("test/vapsr", "weights/VapSR-S.pth", w / "VapSR-S.pth")
+    server.add_hub_file("test/data", "a2n/aan_x2.pt", w / "aan_x2.pt", repo_type="dataset")
+    server.add_hub_file("test/a2n", "other.pt", b"not the wanted file")
+    urls = {name: server.add_url_file(name, w / name) for name in ("VapSR_X4.pth", "VapSR_X2.pth", "aan_x3.pt")}
+    urls["nosha"] = server.add_url_file("aan_x2_nosha.pt", w / "aan_x2.pt")
+
+    data = json.loads(manifest.PACKAGED.read_text())
+    models = data["models"]
+    models["vapsr"]["files"]["4"]["sources"] = [{"url": urls["VapSR_X4.pth"]}]
+    models["vapsr"]["files"]["2"]["sources"] = [{"url": urls["VapSR_X2.pth"]}]
+    models["vapsr-s"]["files"]["4"]["sources"] = [
+        {"repo_id": "test/vapsr", "repo_type": "model", "filename": "weights/VapSR-S.pth", "revision": "main"}
+    ]
+    models["a2n"]["files"]["2"]["sources"] = [
+        {"repo_id": "test/data", "repo_type": "dataset", "filename": "a2n/aan_x2.pt", "revision": REV}
+    ]
+    models["a2n"]["files"]["3"]["sources"] = [  # the first source lacks the file: the second is used
+        {"repo_id": "test/a2n", "repo_type": "model", "filename": "aan_x3.pt", "revision": "main"},
+        {"url": urls["aan_x3.pt"]},
+    ]
+    # like the A2N x4 file: no digest or size known in the manifest
+    models["a2n"]["files"]["4"] = {"filename": "aan_x2_nosha.pt", "sources": [{"url": urls["nosha"]}]}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+
+    env = {
+        "UPSCALE_MANIFEST": str(path),
+        "UPSCALE_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_ENDPOINT": server.endpoint,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(download, "RETRY_WAITS", (0.0, 0.0, 0.0))
+    server.env = env
+    server.urls = urls
+    server.requests.clear()
+    return server
+
+
+def cache_files(root: Path) -> list[str]:
+    """Every file in the cache except lock files (which say nothing about content)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def sha(path: Path) -> str:
+    return download.sha256_file(path)
+
+
+# ---- plain URLs ---------------------------------------------------------------------------------------
+
+
+def test_url_download_then_cached_run_makes_no_request(hub, capsys):
+    path = weights.resolve_checkpoint("vapsr", 4)
+    v = manifest.resolve("vapsr", 4)
+    assert sha(path) == v.sha256 and path == weights.cache_dir() / "vapsr" / "VapSR_X4.pth"
+    assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]
+    assert "verified vapsr x4" in capsys.readouterr().err
+    hub.requests.clear()
+    assert weights.resolve_checkpoint("vapsr", 4) == path
+    assert hub.requests == []
+    assert weights.cached_path(v) == path
+
+
+def test_corrupt_download_is_rejected_and_not_kept(hub):
+    hub.corrupt.add("files/VapSR_X4.pth")  # same size, wrong bytes
+    with pytest.raises(UpscaleError, match=r"sha256 .* not the manifest's .*deleted"):
+        weights.resolve_checkpoint("vapsr", 4)
+    assert cache_files(weights.cache_dir()) == []
+    hub.corrupt.clear()
+    assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
+
+
+def test_wrong_size_is_refused_before_the_transfer(hub):
+    hub.url_files["VapSR_X4.pth"] = hub.url_files["VapSR_X2.pth"]
+    with pytest.raises(UpscaleError, match="offers 2785249 bytes but VapSR_X4.pth should have 2896561"):
+        weights.resolve_checkpoint("vapsr", 4)
+    assert cache_files(weights.cache_dir()) == []
+
+
+def test_cut_off_transfer_leaves_nothing_and_the_next_run_succeeds(hub):
+    hub.cut["files/VapSR_X4.pth"] = 99  # every attempt dies half way
+    with pytest.raises(UpscaleError, match="failed after 4 attempts"):
+        weights.resolve_checkpoint("vapsr", 4)
+    assert cache_files(weights.cache_dir()) == []  # no partial file, no record
+    hub.cut.clear()
+    assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
+
+
+def test_cut_off_transfer_resumes_with_a_range_request(hub):
+    hub.cut["files/VapSR_X4.pth"] = 1
+    path = weights.resolve_checkpoint("vapsr", 4)
+    assert sha(path) == manifest.resolve("vapsr", 4).sha256
+    assert hub.ranges == [f"bytes={2896561 // 2}-"]
+
+
+def test_stale_partial_file_is_never_taken(hub):
+    store = weights.cache_dir() / "vapsr"
+    store.mkdir(parents=True)
+    (store / ".VapSR_X4.pth.1234abcd.part").write_bytes(b"half a file")  # a killed run's leftover
+    path = weights.resolve_checkpoint("vapsr", 4)
+    assert sha(path) == manifest.resolve("vapsr", 4).sha256
+    assert cache_files(weights.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
+
+
+def test_changed_cached_file_is_detected_and_replaced(hub, capsys):
+    path = weights.resolve_checkpoint("vapsr", 4)
+    with open(path, "r+b") as f:  # damage it in place
+        f.write(b"\0" * 16)
+    hub.requests.clear()
+    assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
+    assert "warning: the cached vapsr x4" in capsys.readouterr().err
+    assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]
+
+
+def test_unknown_digest_is_recorded_once_and_then_enforced(hub, capsys):
+    path = weights.resolve_checkpoint("a2n", 4)
+    err = capsys.readouterr().err
+    assert "no sha256 is known for a2n x4" in err
+    record = json.loads((path.parent / f"{path.name}.json").read_text())
+    assert record["sha256"] == sha(path) and record["digest_from"] == "first download"
+    hub.requests.clear()
+    assert weights.resolve_checkpoint("a2n", 4) == path
+    assert hub.requests == [] and "no sha256" not in capsys.readouterr().err
+    # upstream changes the file; the cached copy is gone: the new download is refused
+    path.unlink()
+    hub.url_files["aan_x2_nosha.pt"] = hub.url_files["aan_x3.pt"]
+    with pytest.raises(UpscaleError, match="not the one recorded at its first download"):
+        weights.resolve_checkpoint("a2n", 4)
+    assert not path.exists()
+
+
+# ---- the Hub ------------------------------------------------------------------------------------------
+
+
+def test_hub_download_then_cached_run_makes_no_request(hub):
+    path = weights.resolve_checkpoint("vapsr-s", 4)
+    v = manifest.resolve("vapsr-s", 4)
+    assert sha(path) == v.sha256
+    repo = weights.hub_cache_dir() / "models--test--vapsr"
+    assert path.is_relative_to(repo / "snapshots") and (repo / "blobs" / v.sha256).is_file()
+    assert (repo / "refs" / "main").is_file()  # huggingface_hub's own layout
+    assert ("HEAD", "hub:/test/vapsr/resolve/main/weights/VapSR-S.pth") in hub.requests
+    assert ("GET", f"cdn:/blobs/{v.sha256}") in hub.requests
+    hub.requests.clear()
+    assert weights.resolve_checkpoint("vapsr-s", 4) == path
+    assert hub.requests == []
+
+
+def test_dataset_repo_with_a_pinned_revision(hub):
+    path = weights.resolve_checkpoint("a2n", 2)
+    assert sha(path) == manifest.resolve("a2n", 2).sha256
+    assert hub.requests[0] == ("HEAD", f"hub:/datasets/test/data/resolve/{REV}/a2n/aan_x2.pt")
+    assert path == weights.hub_cache_dir() / "datasets--test--data" / "snapshots" / REV / "a2n" / "aan_x2.pt"
+
+
+def test_second_source_is_used_when_the_first_fails(hub):
+    path = weights.resolve_checkpoint("a2n", 3)
+    assert sha(path) == manifest.resolve("a2n", 3).sha256
+    assert ("HEAD", "hub:/test/a2n/resolve/main/aan_x3.pt") in hub.requests  # tried first: 404
+
+
+def test_corrupt_hub_file_is_rejected_and_removed(hub):
+    v = manifest.resolve("vapsr-s", 4)
+    hub.corrupt.add("model:test/vapsr/weights/VapSR-S.pth")
+    with pytest.raises(UpscaleError, match="sha256 .* not the manifest's"):
+        weights.resolve_checkpoint("vapsr-s", 4)
+    leftovers = [f for f in cache_files(weights.cache_dir()) if "/blobs/" in f or "/snapshots/" in f]
+    assert leftovers == [] and weights.cached_path(v) is None
+    hub.corrupt.clear()
+    assert sha(weights.resolve_checkpoint("vapsr-s", 4)) == v.sha256
+
+
+def test_hub_transfer_cut_off(hub, monkeypatch):
+    import huggingface_hub.file_download as fd
+
+    monkeypatch.setattr(fd.time, "sleep", lambda s: None)  # huggingface_hub waits 1 s before resuming
+    v = manifest.resolve("vapsr-s", 4)
+    key = "model:test/vapsr/weights/VapSR-S.pth"
+    hub.cut[key] = 1000
+    with pytest.raises(UpscaleError):
+        weights.resolve_checkpoint("vapsr-s", 4)
+    assert [f for f in cache_files(weights.cache_dir()) if "/blobs/" in f or f.endswith(".json")] == []
+    hub.cut[key] = 1  # once: huggingface_hub resumes it
+    assert sha(weights.resolve_checkpoint("vapsr-s", 4)) == v.sha256
+
+
+# ---- offline --------------------------------------------------------------------------------------------
+
+
+def test_offline_without_a_cached_file_says_what_to_do(hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UpscaleError) as exc:
+        weights.resolve_checkpoint("vapsr", 4)
+    msg = str(exc.value)
+    assert "VapSR_X4.pth" in msg and "offline" in msg and "upscale download vapsr -s 4" in msg
+    with pytest.raises(UpscaleError, match="HAT_SRx2.pth"):
+        weights.resolve_checkpoint("hat", 2, offline=True)
+    assert hub.requests == []
+
+
+def test_offline_with_cached_files(hub, monkeypatch):
+    url_path = weights.resolve_checkpoint("vapsr", 4)
+    hub_path = weights.resolve_checkpoint("vapsr-s", 4)
+    hub.requests.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.resolve_checkpoint("vapsr", 4) == url_path
+    assert weights.resolve_checkpoint("vapsr-s", 4, offline=True) == hub_path
+    # a Hub file whose record was lost is still found in the Hub cache, and verified
+    (weights.cache_dir() / "vapsr-s" / "VapSR-S.pth.json").unlink()
+    assert weights.resolve_checkpoint("vapsr-s", 4, offline=True) == hub_path
+    assert hub.requests == []
+
+
+# ---- --weights URL and hf:// --------------------------------------------------------------------------------
+
+
+def test_weights_url_and_hf_addresses(hub):
+    url = hub.urls["VapSR_X2.pth"]
+    p1 = weights.resolve_checkpoint(None, None, url)
+    p2 = weights.resolve_checkpoint(None, None, "hf://test/vapsr/weights/VapSR-S.pth@main")
+    p3 = weights.resolve_checkpoint(None, None, f"hf://datasets/test/data/a2n/aan_x2.pt@{REV}")
+    assert [sha(p) for p in (p1, p2, p3)] == [manifest.resolve(*k).sha256 for k in
+                                              (("vapsr", 2), ("vapsr-s", 4), ("a2n", 2))]
+    hub.requests.clear()
+    assert weights.resolve_checkpoint(None, None, url) == p1
+    assert weights.resolve_checkpoint(None, None, "hf://test/vapsr/weights/VapSR-S.pth@main") == p2
+    assert hub.requests == []
+    # with -m, a URL that is one of the model's sources is checked against the manifest's digest
+    hub.corrupt.add("files/VapSR_X2.pth")
+    with pytest.raises(UpscaleError, match="not the manifest's"):
+        weights.resolve_checkpoint("vapsr", None, url)
+
+
+def test_hf_address_parsing():
+    assert weights.parse_hf_uri("hf://o/r/a/b.pth") == {
+        "repo_id": "o/r", "repo_type": "model", "filename": "a/b.pth", "revision": "main"}
+    assert weights.parse_hf_uri("hf://datasets/o/r/b.pth@v1.0")["repo_type"] == "dataset"
+    with pytest.raises(UpscaleError, match="hf://OWNER/REPO/PATH"):
+        weights.parse_hf_uri("hf://o/r")
+
+
+def test_local_weights_path_is_returned_as_is(tmp_path):
+    assert weights.resolve_checkpoint("vapsr", 4, tmp_path / "mine.pth") == tmp_path / "mine.pth"
+
+
+# ---- registering a file you downloaded yourself ----------------------------------------------------------
+
+
+def test_register_checks_digest_and_family(hub, shared):
+    w = shared / "weights"
+    with pytest.raises(UpscaleError, match="not the expected file"):
+        weights.register_file("vapsr", 2, w / "VapSR_X3.pth")
+    path = weights.register_file("vapsr", 2, w / "VapSR_X2.pth")
+    assert weights.resolve_checkpoint("vapsr", 2, offline=True) == path
+    with pytest.raises(UpscaleError):  # no digest known for PANet: a VapSR file is refused by its keys
+        weights.register_file("panet", 4, w / "VapSR_X4.pth")
+    assert weights.cached_path(manifest.resolve("panet", 4)) is None
+    assert hub.requests == []
+
+
+# ---- the command line --------------------------------------------------------------------------------------
+
+
+def test_models_json_parses_and_shows_the_cache(hub):
+    weights.resolve_checkpoint("vapsr", 4)
+    proc = run_cli("models", "--json", env=hub.env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    rows = json.loads(proc.stdout)
+    names = {r["name"] for r in rows}
+    assert {"a2n", "vapsr", "vapsr-s", "hat", "hat-s", "hat-l", "real-hat-gan", "panet"} <= names
+    row = next(r for r in rows if (r["name"], r["scale"]) == ("vapsr", 4))
+    assert row["cached"] is True and row["parameters"] == 342220 and row["size"] == 2896561
+    assert all(not r["cached"] for r in rows if r["name"] != "vapsr")
+    table = run_cli("models", env=hub.env)
+    assert table.returncode == 0 and b"real-hat-gan" in table.stdout
+
+
+def test_panet_explains_where_to_get_the_weights(hub, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    proc = run_cli(tmp_path / "img.png", "-m", "panet", env=hub.env)
+    assert_one_line_error(proc, "drive.google.com", "upscale download panet -s 4 --from model_x4.pt")
+
+
+def test_offline_cli_one_line(hub, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    proc = run_cli(tmp_path / "img.png", "-m", "hat", "-s", "3", "--offline", env=hub.env)
+    assert_one_line_error(proc, "HAT_SRx3.pth", "upscale download hat -s 3")
+    assert hub.requests == []
+
+
+def test_download_command(hub, shared):
+    proc = run_cli("download", "vapsr", "-s", "4", "-q", env=hub.env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert Path(proc.stdout.decode().strip()) == weights.cache_dir() / "vapsr" / "VapSR_X4.pth"
+    proc = run_cli("download", "vapsr", "-s", "2", "--from", shared / "weights" / "VapSR_X2.pth", env=hub.env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]
+
+
+def test_end_to_end_download_verify_upscale_then_offline_speed(hub, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (12, 10), (200, 100, 50)).save(tmp_path / "img.png")
+    first = run_cli(tmp_path / "img.png", "-m", "vapsr", "-s", "4", env=hub.env)
+    assert first.returncode == 0, first.stderr.decode()
+    assert "verified vapsr x4" in first.stderr.decode()
+    assert Image.open(tmp_path / "img_x4.png").size == (48, 40)
+    assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]
+    hub.requests.clear()
+    env = {**hub.env, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
+    second = run_cli(tmp_path / "img.png", "-m", "vapsr", "-s", "4", "-o", tmp_path / "again.png", env=env)
+    assert second.returncode == 0, second.stderr.decode()
+    assert hub.requests == [] and "verified" not in second.stderr.decode()
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "img_x4.png").read_bytes()
+
+
+def test_weights_hf_address_on_the_command_line(hub, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    proc = run_cli(tmp_path / "img.png", "--weights", "hf://test/vapsr/weights/VapSR-S.pth@main",
+                   "-o", tmp_path / "out.png", "-q", env=hub.env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert Image.open(tmp_path / "out.png").size == (32, 32)
+    assert any(path.startswith("cdn:/blobs/") for _, path in hub.requests)
+
