@@ -47,6 +47,7 @@ ARCH = "panet"
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 # Scores held per chunk (elements, float32): 64 MiB. The chunk of queries is this over the key count.
 SCORE_BUDGET = 1 << 24
+_MASKED = -1e30  # score bias of the padding positions: exp() of it is 0, and it stays finite in float32
 DEFAULTS: dict[str, Any] = {
     "scale": None,
     "res_scale": 0.1,
@@ -71,7 +72,8 @@ def level_sizes(h: int, w: int, scales: Sequence[float]) -> list[tuple[int, int]
 
 
 def _chunk_for(n_keys: int, chunk: int | None) -> int:
-    return chunk if chunk is not None else max(1, SCORE_BUDGET // max(1, n_keys))
+    # 64 queries at least: each chunk streams all the values once per offset (keep matmuls compute-bound)
+    return chunk if chunk is not None else max(64, SCORE_BUDGET // max(1, n_keys))
 
 
 def attend(
@@ -88,7 +90,7 @@ def attend(
 
     query: Cm×H×W (the matching projection of the input); keys[i]: Cm×hi×wi and values[i]: C×hi×wi
     (the matching and assembly projections of pyramid level i). Returns C×H×W:
-    fold(softmax(scale · Pq·K̂ᵀ) · Vpatches) / 4, with chunks of `chunk` query pixels at a time
+    fold(softmax(scale · Pq·K̂ᵀ) · Vpatches) / 4, `chunk` queries at a time (counted on the H×(W+2p) grid)
     (default: SCORE_BUDGET scores per chunk).
     """
     p = ksize // 2
@@ -96,73 +98,75 @@ def attend(
     C = values[0].shape[0]
     out_dtype = values[0].dtype
 
-    # Queries: one row per pixel, its zero-padded k×k×Cm patch (same element order as the keys).
-    q = F.unfold(query[None], ksize, padding=p)[0].T  # HW × kkCm (a view)
+    # Queries: one row per position of the H×(W+2p) grid (the image plus p columns either side, whose
+    # rows are discarded), each its zero-padded k×k×Cm patch in the keys' element order. On that grid,
+    # a chunk of queries pastes its result into one contiguous slice of the output for each offset.
+    Wp = W + 2 * p
+    kk_cm = ksize * ksize * query.shape[0]
+    # The last column, all ones, picks up the keys' bias row (see below).
+    q = torch.ones(H * Wp, kk_cm + 1, dtype=torch.float32, device=query.device)
+    q[:, :kk_cm] = F.unfold(F.pad(query[None].float(), (2 * p, 2 * p, p, p)), ksize)[0].T
+    col = torch.arange(Wp, device=query.device).repeat(H)
+    discard = torch.nonzero((col < p) | (col >= p + W)).view(-1)
 
-    # Keys on each level's zero-padded grid (hp×wp), so the attention comes out in the layout the
-    # value slices below need; the padding positions are masked out of the softmax. Scores in float32:
-    # the queries are not normalised, and fp16 logits times 10 lose precision or overflow.
-    key_cols, pad_mask, segments = [], [], []
-    start = 0
+    # Keys on each level's grid widened by p zero columns either side (h×wp), so the attention comes
+    # out in the layout the value slices below need. The softmax scale is folded into the keys, and a
+    # last row adds a bias that removes the side columns from the softmax. Scores in float32: the
+    # queries are not normalised, and fp16 logits times 10 lose precision or overflow.
+    segments, start = [], 0
     for k_feat in keys:
-        h, w = k_feat.shape[-2:]
-        hp, wp = h + 2 * p, w + 2 * p
+        h, wp = k_feat.shape[-2], k_feat.shape[-1] + 2 * p
+        segments.append((start, h, wp))
+        start += h * wp
+    kmat = torch.zeros(kk_cm + 1, start, dtype=torch.float32, device=query.device)  # kkCm+1 × P
+    kmat[kk_cm] = _MASKED
+    for k_feat, (seg, h, wp) in zip(keys, segments, strict=True):
+        w = k_feat.shape[-1]
         cols = F.unfold(k_feat[None].float(), ksize, padding=p)[0]  # kkCm × h·w
-        norm = cols.square().sum(0).sqrt().clamp_min(float(escape))
-        grid = torch.zeros(cols.shape[0], hp, wp, dtype=torch.float32, device=cols.device)
-        grid[:, p : p + h, p : p + w] = (cols / norm).view(-1, h, w)
-        key_cols.append(grid.view(cols.shape[0], hp * wp))
-        m = torch.ones(hp, wp, dtype=torch.bool, device=cols.device)
-        m[p : p + h, p : p + w] = False
-        pad_mask.append(m.view(-1))
-        segments.append((start, hp, wp))
-        start += hp * wp
-    kmat = torch.cat(key_cols, dim=1)  # kkCm × P (P = Σ hp·wp)
-    del key_cols
-    pad_mask = torch.cat(pad_mask)
+        cols /= cols.square().sum(0).sqrt().clamp_min(float(escape))
+        cols *= softmax_scale
+        grid = kmat[:, seg : seg + h * wp].view(kk_cm + 1, h, wp)[:, :, p : p + w]
+        grid[:kk_cm] = cols.view(-1, h, w)
+        grid[kk_cm] = 0
+        del cols
     n_keys = kmat.shape[1]
 
-    # Values channels-last on the same padded grids, with a margin so that every shifted slice
-    # stays inside: the value at offset (dy, dx) of the key at flat position j is row j + dy·wp + dx.
+    # Values channels-last on the zero-padded grids (h+2p)×wp, with p rows of margin at both ends:
+    # the value at offset (dy, dx) of the key at flat position j is row p + (p + dy)·wp + dx + j, so
+    # each offset's values for all keys of a level are one contiguous slice.
     vbufs = []
-    for v, (_, hp, wp) in zip(values, segments, strict=True):
-        h, w = v.shape[-2:]
-        margin = p * wp + p
-        buf = torch.zeros(hp * wp + 2 * margin, C, dtype=out_dtype, device=v.device)
-        buf[margin : margin + hp * wp].view(hp, wp, C)[p : p + h, p : p + w] = v.permute(1, 2, 0)
-        vbufs.append((buf, margin))
+    for v, (_, h, wp) in zip(values, segments, strict=True):
+        w = v.shape[-1]
+        buf = torch.zeros((h + 2 * p) * wp + 2 * p, C, dtype=out_dtype, device=v.device)
+        buf[p : p + (h + 2 * p) * wp].view(h + 2 * p, wp, C)[p : p + h, p : p + w] = v.permute(1, 2, 0)
+        vbufs.append(buf)
     offsets = [(dy, dx) for dy in range(-p, p + 1) for dx in range(-p, p + 1)]
 
-    # Output on the query grid, padded the same way, channels-last: pasting at offset d is an
-    # index_add at the query's flat position plus dy·(W+2p) + dx.
-    Wp = W + 2 * p
-    canvas = torch.zeros((H + 2 * p) * Wp, C, dtype=out_dtype, device=query.device)
-    ys, xs = torch.meshgrid(
-        torch.arange(H, device=query.device), torch.arange(W, device=query.device), indexing="ij"
-    )
-    qpos = ((ys + p) * Wp + xs + p).reshape(-1)
+    # Output channels-last on the (H+2p)×Wp grid, with p rows of margin at both ends so that every
+    # shifted slice stays inside. Query t of the chunk grid lands at t + p·Wp + dy·Wp + dx (+ margin).
+    canvas = torch.zeros((H + 2 * p) * Wp + 2 * p, C, dtype=out_dtype, device=query.device)
 
     step = _chunk_for(n_keys, chunk)
-    for s in range(0, H * W, step):
-        qc = q[s : s + step].float()
-        a = qc @ kmat  # m × P
-        a.mul_(softmax_scale).masked_fill_(pad_mask, float("-inf"))
-        a.sub_(a.amax(dim=1, keepdim=True)).exp_()
+    for s in range(0, H * Wp, step):
+        a = q[s : s + step] @ kmat  # m × P: softmax_scale · scores, padding at -1e30
+        a.sub_(a.amax(dim=1, keepdim=True)).exp_()  # softmax in place: one m × P buffer
         a.div_(a.sum(dim=1, keepdim=True))
+        n = a.shape[0]
+        drop = discard[(discard >= s) & (discard < s + n)] - s
+        a.index_fill_(0, drop, 0.0)  # rows of the side columns paste nothing
         a = a.to(out_dtype)
-        pos = qpos[s : s + step]
-        r = torch.empty(a.shape[0], C, dtype=out_dtype, device=a.device)
+        r = torch.empty(n, C, dtype=out_dtype, device=a.device)
         for dy, dx in offsets:
-            for i, (seg_start, hp, wp) in enumerate(segments):
-                buf, margin = vbufs[i]
-                o = margin + dy * wp + dx
-                a_i = a[:, seg_start : seg_start + hp * wp]
+            for i, ((seg, h, wp), buf) in enumerate(zip(segments, vbufs, strict=True)):
+                o = p + (p + dy) * wp + dx
+                a_i = a[:, seg : seg + h * wp]
                 if i == 0:
-                    torch.mm(a_i, buf[o : o + hp * wp], out=r)
+                    torch.mm(a_i, buf[o : o + h * wp], out=r)
                 else:
-                    r.addmm_(a_i, buf[o : o + hp * wp])
-            canvas.index_add_(0, pos + (dy * Wp + dx), r)
-    out = canvas.view(H + 2 * p, Wp, C)[p : p + H, p : p + W].permute(2, 0, 1)
+                    r.addmm_(a_i, buf[o : o + h * wp])
+            o = s + p + (p + dy) * Wp + dx
+            canvas[o : o + n] += r
+    out = canvas[p : p + (H + 2 * p) * Wp].view(H + 2 * p, Wp, C)[p : p + H, p : p + W].permute(2, 0, 1)
     return out / 4.0
 
 
@@ -208,29 +212,37 @@ def attention_bytes(
     ksize: int = 3,
     chunk: int | None = None,
     dtype_bytes: int = 4,
+    include_features: bool = True,
 ) -> int:
-    """Working memory of one pyramid attention call on an h×w LR tile (one image), in bytes.
+    """Peak working memory of the pyramid attention on one h×w LR tile (one image), in bytes.
 
-    With P = Σ over levels of (hᵢ+2)(wᵢ+2) ≈ 3.3·h·w keys on their padded grids, k²·Cm the key/query
-    patch length (Cm = match_feats, default n_feats/8), C = n_feats, m = the query chunk
-    (default SCORE_BUDGET / P) and b = dtype_bytes:
+    With P = Σ over levels of hᵢ(wᵢ+2p) ≈ 3.3·h·w keys on their widened grids (p = ksize//2),
+    n = k²·Cm + 1 the key/query row length (Cm = match_feats, default n_feats/8), C = n_feats,
+    m the query chunk (default SCORE_BUDGET / P, at least 64) and b = dtype_bytes:
 
-        4·[ k²Cm·P  (normalised keys)  +  2·m·P  (the chunk's scores and their softmax)  ]
-      + b·[ C·P  (values)  +  C·(h+2)(w+2)  (output)  +  2·C·h·w  (level features, result)  ]
-      + 4·k²Cm·max level  (one level's unnormalised keys while they are built)
+        4·[ n·P (keys)  +  n·h·(w+2p) (queries)  +  m·P (one chunk's scores, softmax in place) ]
+      + b·[ C·P' (values, P' = Σ (hᵢ+2p)(wᵢ+2p))  +  C·(h+2p)(w+2p) (pasting canvas)  +  C·h·w ]
+      + b·m·P (the scores cast to the values' dtype, only when b ≠ 4)
+      + b·(C + Cm)·(P + h·w)  (the level features and projections; include_features=True)
 
-    Linear in h·w for a fixed chunk or the default one. The authors' formulation needs instead about
-    3·P·h·w·4 bytes for its scores alone (scores, scaled scores, softmax).
+    Linear in h·w for any fixed chunk, and for the default chunk (a constant score buffer). The
+    authors' formulation needs about 3·4·P·h·w bytes for its scores alone (scores, scaled, softmax).
     """
     p = ksize // 2
     cm = match_feats if match_feats is not None else max(1, n_feats // 8)
-    sizes = level_sizes(h, w, pyramid_scales(levels))
-    n_keys = sum((a + 2 * p) * (b + 2 * p) for a, b in sizes)
-    m = min(_chunk_for(n_keys, chunk), h * w)
-    kk = ksize * ksize
-    f32 = 4 * (kk * cm * n_keys + 2 * m * n_keys + kk * cm * (h + 2 * p) * (w + 2 * p))
-    native = dtype_bytes * (n_feats * n_keys + n_feats * (h + 2 * p) * (w + 2 * p) + 2 * n_feats * h * w)
-    return f32 + native
+    c = n_feats
+    n_keys = sum(a * (b + 2 * p) for a, b in level_sizes(h, w, pyramid_scales(levels)))
+    n = ksize * ksize * cm + 1
+    queries = h * (w + 2 * p)
+    m = min(_chunk_for(n_keys, chunk), queries)
+    total = 4 * (n * n_keys + n * queries + m * n_keys)
+    values = sum((a + 2 * p) * (b + 2 * p) for a, b in level_sizes(h, w, pyramid_scales(levels)))
+    total += dtype_bytes * (c * values + c * (h + 2 * p) * (w + 2 * p) + c * h * w)
+    if dtype_bytes != 4:
+        total += dtype_bytes * m * n_keys
+    if include_features:
+        total += dtype_bytes * (c + cm) * (n_keys + h * w)
+    return total
 
 
 def tile_side_for(budget_bytes: int, n_feats: int = 256, **kwargs: Any) -> int:

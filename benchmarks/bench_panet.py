@@ -1,0 +1,137 @@
+"""Pyramid attention: peak memory and time of the chunked `attend` against the authors' dense formulation.
+
+    python benchmarks/bench_panet.py                  # 48², 96², 128², 192² at 64 channels (+ 256 at 48², 96²)
+    python benchmarks/bench_panet.py --sizes 96 --width 256
+
+Each case runs in a fresh subprocess. Peak memory is that process's resident-set high-water mark
+(getrusage ru_maxrss) after the call minus the same mark just before it, once the inputs exist and
+a tiny warm-up call has started the thread pools: it counts every byte the call made resident
+(torch's CPU allocations are invisible to tracemalloc), allocator overhead included. Time is the
+wall time of one call (best of three for the small cases). Both methods get the same random
+query/key/value maps (the module's 1×1 projections are outside the comparison: they are the same
+in both). The dense case is skipped when its own estimate exceeds 16 GB or 60% of available memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+SIZES = (48, 96, 128, 192)
+DENSE_LIMIT = 16e9
+
+
+def _features(n: int, c: int, cm: int):
+    import torch
+
+    from upscale.models import panet
+
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(cm, n, n, generator=g) * 0.5
+    keys, values = [], []
+    for h, w in panet.level_sizes(n, n, panet.pyramid_scales(5)):
+        keys.append(torch.randn(cm, h, w, generator=g) * 0.5)
+        values.append(torch.randn(c, h, w, generator=g))
+    return query, keys, values
+
+
+def run_case(method: str, n: int, c: int, chunk: int | None) -> dict:
+    """In the child process: one measured call."""
+    import torch
+
+    from upscale.models import panet
+
+    torch.set_grad_enabled(False)
+    cm = max(1, c // 8)
+    fn = panet.attend if method == "chunked" else panet.attend_dense
+    kwargs = {"chunk": chunk} if method == "chunked" else {}
+    fn(*_features(8, c, cm), **kwargs)  # warm-up: thread pools, kernels
+    args = _features(n, c, cm)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for _ in range(3 if n <= 48 else 1):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times.append(time.perf_counter() - t)
+        del out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return {"peak": peak, "time": min(times)}
+
+
+def dense_estimate(n: int, c: int) -> float:
+    """Bytes of the dense formulation: scores, scaled scores and softmax, plus the value patches."""
+    from upscale.models import panet
+
+    n_keys = sum(h * w for h, w in panet.level_sizes(n, n, panet.pyramid_scales(5)))
+    return 4 * (3 * n_keys * n * n + n_keys * 9 * c + 9 * c * n * n)
+
+
+def available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def spawn(method: str, n: int, c: int, chunk: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, str(n), str(c), str(chunk or 0)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--width", type=int, nargs="+", default=[64], help="channels C (matching width C/8)")
+    ap.add_argument("--full-width-sizes", type=int, nargs="*", default=[48, 96], help="sizes also run at 256")
+    ap.add_argument("--chunk", type=int, default=0, help="queries per chunk (0: the module's default)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        method, n, c, chunk = a.child
+        print(json.dumps(run_case(method, int(n), int(c), int(chunk) or None)))
+        return
+
+    from upscale.models import panet
+
+    cases = [(n, c) for c in a.width for n in a.sizes]
+    cases += [(n, 256) for n in a.full_width_sizes if 256 not in a.width]
+    print(f"torch threads: {os.cpu_count()} cpus; chunk: {a.chunk or 'default'}; peak = RSS high-water delta")
+    head = f"{'size':>8} {'C':>4} | {'dense MB':>9} {'dense s':>8} | {'chunked MB':>10} {'model MB':>9}"
+    head += f" {'chunked s':>9} | {'mem ×':>6} {'speed ×':>7}"
+    print(head)
+    print("-" * len(head))
+    for n, c in cases:
+        est = dense_estimate(n, c)
+        if est > min(DENSE_LIMIT, 0.6 * available_bytes()):
+            dense = {"error": f"skipped: needs ~{est / 1e9:.0f} GB"}
+        else:
+            dense = spawn("dense", n, c, None)
+        chunked = spawn("chunked", n, c, a.chunk or None)
+        model = panet.attention_bytes(n, n, c, chunk=a.chunk or None) / 2**20
+        ok = "error" not in dense and "error" not in chunked
+        d_mb = f"{dense['peak'] / 2**20:9.0f}" if "error" not in dense else f"{'—':>9}"
+        d_s = f"{dense['time']:8.2f}" if "error" not in dense else f"{'—':>8}"
+        c_mb = f"{chunked['peak'] / 2**20:10.0f}" if "error" not in chunked else f"{'error':>10}"
+        c_s = f"{chunked['time']:9.2f}" if "error" not in chunked else f"{'—':>9}"
+        ratio = f"{dense['peak'] / chunked['peak']:6.1f}" if ok else f"{'—':>6}"
+        speed = f"{dense['time'] / chunked['time']:7.2f}" if ok else f"{'—':>7}"
+        print(f"{n:>4}×{n:<3} {c:>4} | {d_mb} {d_s} | {c_mb} {model:9.0f} {c_s} | {ratio} {speed}")
+        for name, r in (("dense", dense), ("chunked", chunked)):
+            if "error" in r:
+                print(f"         {name}: {r['error']}")
+
+
+if __name__ == "__main__":
+    main()
