@@ -78,6 +78,10 @@ class ByteBar:
         if self._progress is not None:
             self._progress.reset(self._task, total=total)
 
+    def set_total(self, total: int | None) -> None:
+        if self._progress is not None and total is not None:
+            self._progress.update(self._task, total=total)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -94,13 +98,14 @@ class _HubBar(ByteBar):
     """What huggingface_hub takes as `tqdm_class`: it is called with tqdm's keyword arguments."""
 
     quiet = False
+    label = ""  # huggingface_hub's own description is the storage URL: show ours
 
     def __init__(self, *args: Any, total: int | None = None, initial: int = 0, desc: str = "", **_: Any):
-        super().__init__(desc or "download", total=total, quiet=self.quiet, initial=initial)
+        super().__init__(self.label or desc, total=total, quiet=self.quiet, initial=initial)
 
 
-def _hub_bar_class(quiet: bool) -> type[_HubBar]:
-    return type("HubBar", (_HubBar,), {"quiet": quiet})
+def _hub_bar_class(quiet: bool, label: str) -> type[_HubBar]:
+    return type("HubBar", (_HubBar,), {"quiet": quiet, "label": label})
 
 
 # ---- plain HTTPS ----------------------------------------------------------------------------------
@@ -145,6 +150,7 @@ def fetch_url(
             try:
                 with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
                     total = _announced_size(resp, state["have"])
+                    bar.set_total(total)
                     if state["have"] and resp.status != 206:  # Range ignored: start again
                         out.seek(0)
                         out.truncate()
@@ -218,7 +224,7 @@ def fetch_hub(source: dict[str, Any], cache_dir: Path, *, quiet: bool = False, l
                 local_files_only=local_only,
                 library_name="upscale",
                 library_version=__version__,
-                tqdm_class=_hub_bar_class(quiet),
+                tqdm_class=_hub_bar_class(quiet, f"{Path(source['filename']).name} from the Hub"),
             )
         except hf_errors.LocalEntryNotFoundError as exc:
             if local_only:
