@@ -51,20 +51,20 @@ def test_16bit_stays_16bit(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_alpha_matte_upscales_alpha_and_keeps_colour(rng, dtype):
+def test_alpha_through_the_model_keeps_colour(rng, dtype):
     peak = np.iinfo(dtype).max
     rgba = rng.integers(0, peak + 1, (6, 5, 4), dtype=np.uint64).astype(dtype)
     rgba[0, 0, 3] = 0  # fully transparent: its hidden colour must not matter
     up = NearestUpscaler()
     NearestUpscaler.calls = 0
     out = up.upscale_array(rgba)
-    assert NearestUpscaler.calls == 2  # on black and on white
+    assert NearestUpscaler.calls == 2  # premultiplied colour, then alpha
     assert out.shape == (12, 10, 4) and out.dtype == dtype
     want = nearest(rgba).astype(np.int64)
     np.testing.assert_allclose(out[:, :, 3], want[:, :, 3], atol=1)  # alpha survives, not flattened
     opaque_enough = want[:, :, 3] > peak // 4
     err = np.abs(out[:, :, :3].astype(np.int64) - want[:, :, :3])[opaque_enough]
-    assert err.max() <= 8 * (peak // 255)  # colour recovered from the premultiplied composite
+    assert err.max() <= 8 * (peak // 255)  # colour recovered from the premultiplied pass
 
 
 def test_alpha_resize_is_one_pass_and_gray_alpha_stays_two_channels(rng):

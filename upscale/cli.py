@@ -134,8 +134,8 @@ def run(
         typer.Option("--outscale", metavar="FACTOR", help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
     ] = None,
     alpha: Annotated[
-        str, typer.Option("--alpha", metavar="matte|resize", help="Transparency: matte (through the network, 2 passes) or resize (faster).")
-    ] = "matte",
+        str, typer.Option("--alpha", metavar="model|resize", help="Transparency: model (through the network, 2 passes) or resize (faster).")
+    ] = "model",
     max_megapixels: Annotated[
         float | None,
         typer.Option("--max-megapixels", metavar="MP", help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none).",
