@@ -19,10 +19,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms
-
 from cli_helpers import run_cli
 from conftest import random_state_dict
+from PIL import Image, ImageCms
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -51,7 +50,7 @@ def messy_folder(tmp_path):
     (src / "sub dir").mkdir(parents=True)
     (src / ".cache").mkdir()
     Image.fromarray(noise((8, 10, 3))).save(src / "été photo.png")  # spaces and non-ASCII
-    ok, buf = cv2.imencode(".png", noise((6, 7, 3), 1, np.uint16) // 300)  # 16-bit, values all < 256
+    _, buf = cv2.imencode(".png", noise((6, 7, 3), 1, np.uint16) // 300)  # 16-bit, values all < 256
     (src / "deep16.png").write_bytes(buf.tobytes())
     rgba = noise((8, 8, 4), 2)
     rgba[:4, :, 3] = 0  # top half transparent (with random colour hidden under it), bottom half opaque
@@ -168,7 +167,8 @@ def test_read_only_output_folder(weights, tmp_path):
     immutable = False
     try:
         if os.access(locked, os.W_OK):  # root ignores permission bits: make the folder immutable instead
-            immutable = subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode == 0
+            chattr = subprocess.run(["chattr", "+i", str(locked)], check=False, capture_output=True)
+            immutable = chattr.returncode == 0
             probe = locked / "probe"
             try:
                 probe.touch()

@@ -176,14 +176,13 @@ def plan(
     inputs (a folder, created; structure under input folders mirrored), or else one output file.
     `tag` goes between the stem and the extension (e.g. "_x4"); `fmt` overrides the output extension.
     """
+    check_output(sources, output)
     fmt_key = images.format_name(fmt) if fmt else None
     ext = images.FORMATS[fmt_key or "png"][1]
     out_dir: Path | None = None
     out_file: Path | None = None
     to_stdout = False
     if output is not None and str(output) == STDIO:
-        if len(sources) != 1:
-            raise UsageError(f"-o - writes one image to standard output, but there are {len(sources)} inputs")
         to_stdout = True
     elif output is not None:
         text = str(output)
@@ -217,6 +216,12 @@ def plan(
         jobs.append(Job(src, dst, fmt_key or "png"))
     _check_jobs(jobs, overwrite)
     return jobs
+
+
+def check_output(sources: Sequence[Source], output: str | Path | None) -> None:
+    """Combinations of inputs and -o that cannot work (checked before any model is loaded)."""
+    if output is not None and str(output) == STDIO and len(sources) != 1:
+        raise UsageError(f"-o - writes one image to standard output, but there are {len(sources)} inputs")
 
 
 def _check_jobs(jobs: list[Job], overwrite: bool) -> None:

@@ -166,6 +166,7 @@ def run(
     from upscale.upscaler import Upscaler, scale_suffix
 
     sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
+    batch.check_output(sources, output)
     to_stdout = output == batch.STDIO or (output is None and any(s.path is None for s in sources))
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
