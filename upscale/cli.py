@@ -9,17 +9,33 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
-import click
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
 from upscale import __version__
 from upscale.errors import UpscaleError, UsageError
 
-err = Console(stderr=True)
+if TYPE_CHECKING:  # imported when used: `upscale --help` must start fast
+    import click
+    from rich.console import Console
+
+
+class _Stderr:
+    """The rich console on stderr, created on first use (importing rich costs ~0.1 s of startup)."""
+
+    _console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if _Stderr._console is None:
+            from rich.console import Console
+
+            _Stderr._console = Console(stderr=True)
+        return getattr(_Stderr._console, name)
+
+
+err = _Stderr()
 
 RUN = "run"  # the default command: `upscale photo.png` means `upscale run photo.png`
 
@@ -60,7 +76,7 @@ class DefaultCommandGroup(TyperGroup):
         super().format_help(ctx, formatter)
         command = self.commands.get(RUN)
         if command is not None:
-            sub = click.Context(command, info_name=RUN, parent=ctx)
+            sub = type(ctx)(command, info_name=RUN, parent=ctx)
             with formatter.section(f"Options of `upscale [{RUN}] INPUTS...`"):
                 params = [p for p in command.get_params(sub) if p.param_type_name == "option"]
                 formatter.write_dl([r for p in params if (r := p.get_help_record(sub))])
@@ -253,7 +269,7 @@ def models_cmd(
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    out = Console() if sys.stdout.isatty() else Console(width=200)  # piped: never truncate
+    out = _data_console()  # piped: never truncate
     out.print(weights.catalog_table(rows, wide=out.width >= 120))
     out.print(f"\n* not known for every scale.  Weights cache: {weights.cache_dir()}", highlight=False)
 
@@ -323,7 +339,7 @@ def eval_cmd(
         print(json.dumps(evaluate.report(results, info), indent=1))
         return
     title = f"{name} x{up.scale}{' (self-ensemble)' if self_ensemble else ''} on {up.device}"
-    Console().print(evaluate.table(results, title, per_image=per_image))
+    _data_console().print(evaluate.table(results, title, per_image=per_image))
 
 
 @app.command("bench", help="Speed of models: input megapixels per second, peak memory, and achieved GFLOP/s "
@@ -353,9 +369,16 @@ def bench_cmd(
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=1))
         return
-    Console().print(bench.bench_table(results))
+    _data_console().print(bench.bench_table(results))
     print("weights 'random': the official layout with random values (same speed). Mpx/s counts input pixels; "
           "peak memory is above what was in use before the model ran.")
+
+
+def _data_console() -> Console:
+    """stdout for tables: piped output is never truncated to 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,10 +409,15 @@ def _terminate(signum, frame) -> None:
 
 
 def _click_errors(name: str) -> tuple[type[BaseException], ...]:
-    """click's exception class and, for typer versions that vendor their own click, typer's copy."""
+    """click's exception class, plus typer's own (typer ≥ 0.2x vendors click and defines its own Abort)."""
+    import click
+
     classes = [getattr(click.exceptions, name)]
     try:
         from typer._click import exceptions as vendored
     except ImportError:
-        return tuple(classes)
-    return (*classes, getattr(vendored, name))
+        vendored = None
+    for extra in (getattr(vendored, name, None), getattr(typer, name, None)):
+        if isinstance(extra, type) and issubclass(extra, BaseException):
+            classes.append(extra)
+    return tuple(classes)
