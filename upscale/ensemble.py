@@ -37,7 +37,7 @@ class SelfEnsemble(nn.Module):
     def __init__(self, model: SRModel):
         super().__init__()
         if isinstance(model, SelfEnsemble):
-            raise ValueError("the model is already a self-ensemble")
+            raise TypeError("the model is already a self-ensemble")
         self.model = model
 
     # The SRModel attributes the engine and callers read, taken from the wrapped model. Rotation swaps
