@@ -43,7 +43,7 @@ def test_bench_cli_smoke_on_cpu(empty_cache):
                     env=empty_cache)
     assert table.returncode == 0, table.stderr.decode()
     out = table.stdout.decode()
-    assert "vapsr-s" in out and "of matmul" in out and "16×16" in out
+    assert "vapsr-s" in out and "of matmul" in out and "16×16" in out and "fp32" in out
 
 
 def test_flops_scale_with_the_input_area(empty_cache):

@@ -61,8 +61,6 @@ def model_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 # ---- `upscale bench`: one model forward pass, timed ---------------------------------------------
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 # The official checkpoints' architectures, so a model can be timed without its file (speed does not
 # depend on the weights' values): the family's network class and the constructor arguments that give
 # the official layout (the authors' configs; None = the class defaults, which are the authors').
@@ -201,15 +199,13 @@ def bench_model(
     model: torch.nn.Module,
     size: tuple[int, int],
     device: torch.device | str = "cpu",
-    precision: str = "fp32",
+    dtype: torch.dtype = torch.float32,
     repeat: int = 3,
     matmul: float | None = None,
 ) -> dict[str, Any]:
-    """Time one forward pass of a W×H input already on the device (decode, encode and transfers excluded)."""
+    """Time one forward pass of a W×H input already on the device (decode, encode, transfers and tiling
+    excluded: the model's own speed, so that its FLOPs are those of the timed pass)."""
     device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise UpscaleError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
     w, h = size
     model = model.to(device=device, dtype=dtype).eval()
     x = torch.rand(1, 3, h, w, device=device, dtype=dtype)
@@ -236,30 +232,35 @@ def run_bench(
     names: list[str] | None = None,
     size: tuple[int, int] = (256, 256),
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     scale: int | None = None,
     repeat: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Bench each named model; the matmul yardstick is measured once per run, before the models."""
-    from upscale.engine import select_device
+    """Bench each named model; the matmul yardstick is measured once per number format, in the same run.
+
+    `precision` means what it means for `upscale run` (engine.select_precision: auto picks per model)."""
+    from upscale.engine import NAMES, select_device, select_precision
 
     dev = select_device(device)
-    if precision not in PRECISIONS:
-        raise UpscaleError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     names = list(names or (LIGHT_MODELS if dev.type == "cpu" else ALL_MODELS))
-    loaded = [(name, *bench_model_for(name, scale)) for name in names]  # fail before any timing
-    if progress is not None:
-        progress("matmul")
-    matmul = matmul_gflops(dev, PRECISIONS[precision])
+    loaded = []
+    for name in names:  # everything is loaded and checked before any timing
+        model, source = bench_model_for(name, scale)
+        loaded.append((name, model, source, select_precision(precision, dev, model)))
+    matmul: dict[torch.dtype, float] = {}
     results = []
-    for name, model, source in loaded:
+    for name, model, source, dtype in loaded:
+        if dtype not in matmul:
+            if progress is not None:
+                progress(f"matmul {NAMES[dtype]}")
+            matmul[dtype] = matmul_gflops(dev, dtype)
         if progress is not None:
             progress(name)
-        figures = bench_model(model, size, dev, precision, repeat=repeat, matmul=matmul)
+        figures = bench_model(model, size, dev, dtype, repeat=repeat, matmul=matmul[dtype])
         results.append(BenchResult(
             model=name, scale=model.scale, weights=source, params=model.num_parameters(), device=str(dev),
-            precision=precision, width=size[0], height=size[1], **figures,
+            precision=NAMES[dtype], width=size[0], height=size[1], **figures,
         ))
         model.to("cpu")  # free the device for the next model
     return results
@@ -270,16 +271,14 @@ def bench_table(results: list[BenchResult]):
     from rich.table import Table
 
     first = results[0] if results else None
-    title = "" if first is None else (
-        f"{first.width}×{first.height} input, {first.device}, {first.precision}; "
-        f"matmul {first.matmul_gflops:.0f} GFLOP/s"
-    )
+    title = "" if first is None else f"{first.width}×{first.height} input on {first.device}"
     t = Table(title=title, title_justify="left")
-    for name in ("model", "scale", "weights", "params", "Mpx/s (input)", "ms", "peak mem (MiB)", "GFLOP",
-                 "GFLOP/s", "of matmul"):
-        t.add_column(name, justify="left" if name in ("model", "weights") else "right")
+    for name in ("model", "scale", "weights", "params", "precision", "Mpx/s (input)", "ms", "peak mem (MiB)",
+                 "GFLOP", "GFLOP/s", "matmul GFLOP/s", "of matmul"):
+        t.add_column(name, justify="left" if name in ("model", "weights", "precision") else "right")
     for r in results:
         mem = "?" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:.1f}"
-        t.add_row(r.model, f"x{r.scale}", r.weights, f"{r.params / 1e6:.2f}M", f"{r.input_mpix_per_s:.3f}",
-                  f"{r.seconds * 1e3:.1f}", mem, f"{r.gflop:.1f}", f"{r.gflops:.1f}", f"{r.fraction:.0%}")
+        t.add_row(r.model, f"x{r.scale}", r.weights, f"{r.params / 1e6:.2f}M", r.precision,
+                  f"{r.input_mpix_per_s:.3g}", f"{r.seconds * 1e3:.1f}", mem, f"{r.gflop:.1f}", f"{r.gflops:.1f}",
+                  f"{r.matmul_gflops:.0f}", f"{r.fraction:.0%}")
     return t

@@ -353,7 +353,9 @@ def bench_cmd(
     scale: Annotated[int | None, typer.Option("-s", "--scale", metavar="N", help="Scale (default: each model's default).")] = None,
     size: Annotated[str, typer.Option("--size", metavar="WxH", help="Input size in pixels.")] = "256x256",
     device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", metavar="fp32|fp16|bf16", help="Number format.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option("--precision", metavar="auto|fp32|fp16|bf16", help="Number format, as for `upscale run`.")
+    ] = "auto",
     repeat: Annotated[int, typer.Option("--repeat", min=1, metavar="N", help="Timed runs per model (the fastest counts).")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list on stdout instead of the table.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
