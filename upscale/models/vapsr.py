@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from upscale.models.base import NetSpec, check_scale, count_blocks, take_overrides
@@ -29,7 +30,7 @@ class Attention(nn.Module):
         self.depthwise_dilated = nn.Conv2d(dim, dim, 5, padding=6, groups=dim, dilation=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.depthwise_dilated(self.depthwise(self.pointwise(x)))
+        return self.depthwise_dilated(self.depthwise(self.pointwise(x))).mul_(x)
 
 
 class VAB(nn.Module):
@@ -44,8 +45,11 @@ class VAB(nn.Module):
         self.pixel_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))) + x
-        return self.pixel_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))).add_(x)
+        # LayerNorm over channels: on channels-last storage the permutes are views, not copies.
+        return F.layer_norm(
+            y.permute(0, 2, 3, 1), y.shape[1:2], self.pixel_norm.weight, self.pixel_norm.bias, self.pixel_norm.eps
+        ).permute(0, 3, 1, 2)
 
 
 class VapSR(nn.Module):
@@ -82,9 +86,11 @@ class VapSR(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
-        return self.upsampler(feat)
+        # Channels-last: the depthwise and 1×1 convolutions run about twice as fast on the CPU, and the
+        # per-pixel LayerNorm needs no transposed copies. build() stores the weights that way.
+        feat = self.conv_first(x.contiguous(memory_format=torch.channels_last))
+        feat = self.conv_body(self.body(feat)).add_(feat)
+        return self.upsampler(feat).contiguous()
 
 
 def detect(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -106,16 +112,16 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
         num_out_ch = num_in_ch
         found = math.isqrt(out // num_out_ch)
     scale = check_scale(ARCH, found, opts["scale"])
-    config = dict(
-        num_feat=num_feat,
-        num_block=num_block,
-        d_atten=d_atten,
-        conv_groups=conv_groups,
-        up_feat=up_feat,
-        num_in_ch=num_in_ch,
-        num_out_ch=num_out_ch,
-    )
-    net = VapSR(scale, **config)
+    config = {
+        "num_feat": num_feat,
+        "num_block": num_block,
+        "d_atten": d_atten,
+        "conv_groups": conv_groups,
+        "up_feat": up_feat,
+        "num_in_ch": num_in_ch,
+        "num_out_ch": num_out_ch,
+    }
+    net = VapSR(scale, **config).to(memory_format=torch.channels_last)  # load_state_dict keeps the layout
     # conv_first, each block (2 + 6 for the dilated conv), conv_body, then the LR-side upsampler convs
     receptive_field = 1 + 8 * num_block + 1 + 2
     return NetSpec(net=net, scale=scale, config={"scale": scale, **config}, receptive_field=receptive_field)
