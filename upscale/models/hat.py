@@ -161,6 +161,8 @@ class Context:
         key = ("full", self.h, self.w, self.device, self.dtype)
         if key not in self.net._mask_cache:
             ws = self.net.window_size
+            if len(self.net._mask_cache) > 16:  # many input sizes (e.g. edge tiles): keep it bounded
+                self.net._mask_cache.clear()
             self.net._mask_cache[key] = shift_mask(self.h, self.w, ws, ws // 2).to(self.device, self.dtype)
         return self.net._mask_cache[key]
 
