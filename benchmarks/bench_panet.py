@@ -7,7 +7,8 @@ Each case runs in a fresh subprocess. Peak memory is that process's resident-set
 (getrusage ru_maxrss) after the call minus the same mark just before it, once the inputs exist and
 a tiny warm-up call has started the thread pools: it counts every byte the call made resident
 (torch's CPU allocations are invisible to tracemalloc), allocator overhead included. Time is the
-wall time of one call (best of three for the small cases). Both methods get the same random
+wall time of one call (best of three for the small cases), and its CPU time (user + system, all
+threads), which is less disturbed when other processes share the cores. Both methods get the same random
 query/key/value maps (the module's 1×1 projections are outside the comparison: they are the same
 in both). The dense case is skipped when its own estimate exceeds 16 GB or 60% of available memory.
 """
@@ -53,14 +54,20 @@ def run_case(method: str, n: int, c: int, chunk: int | None) -> dict:
     fn(*_features(8, c, cm), **kwargs)  # warm-up: thread pools, kernels
     args = _features(n, c, cm)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
+    times, cpu = [], []
     for _ in range(3 if n <= 48 else 1):
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), _cpu_seconds()
         out = fn(*args, **kwargs)
         times.append(time.perf_counter() - t)
+        cpu.append(_cpu_seconds() - c0)
         del out
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"peak": peak, "time": min(times)}
+    return {"peak": peak, "time": min(times), "cpu": min(cpu)}
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def dense_estimate(n: int, c: int) -> float:
@@ -107,9 +114,10 @@ def main() -> None:
 
     cases = [(n, c) for c in a.width for n in a.sizes]
     cases += [(n, 256) for n in a.full_width_sizes if 256 not in a.width]
-    print(f"torch threads: {os.cpu_count()} cpus; chunk: {a.chunk or 'default'}; peak = RSS high-water delta")
+    print(f"{os.cpu_count()} cpus; chunk: {a.chunk or 'default'}; MB = RSS high-water delta of the call;")
+    print("model MB = panet.attention_bytes(..., include_features=False); ×: dense / chunked")
     head = f"{'size':>8} {'C':>4} | {'dense MB':>9} {'dense s':>8} | {'chunked MB':>10} {'model MB':>9}"
-    head += f" {'chunked s':>9} | {'mem ×':>6} {'speed ×':>7}"
+    head += f" {'chunked s':>9} | {'mem ×':>6} {'speed ×':>7} {'cpu ×':>6}"
     print(head)
     print("-" * len(head))
     for n, c in cases:
@@ -119,7 +127,7 @@ def main() -> None:
         else:
             dense = spawn("dense", n, c, None)
         chunked = spawn("chunked", n, c, a.chunk or None)
-        model = panet.attention_bytes(n, n, c, chunk=a.chunk or None) / 2**20
+        model = panet.attention_bytes(n, n, c, chunk=a.chunk or None, include_features=False) / 2**20
         ok = "error" not in dense and "error" not in chunked
         d_mb = f"{dense['peak'] / 2**20:9.0f}" if "error" not in dense else f"{'—':>9}"
         d_s = f"{dense['time']:8.2f}" if "error" not in dense else f"{'—':>8}"
@@ -127,7 +135,8 @@ def main() -> None:
         c_s = f"{chunked['time']:9.2f}" if "error" not in chunked else f"{'—':>9}"
         ratio = f"{dense['peak'] / chunked['peak']:6.1f}" if ok else f"{'—':>6}"
         speed = f"{dense['time'] / chunked['time']:7.2f}" if ok else f"{'—':>7}"
-        print(f"{n:>4}×{n:<3} {c:>4} | {d_mb} {d_s} | {c_mb} {model:9.0f} {c_s} | {ratio} {speed}")
+        cpu = f"{dense['cpu'] / chunked['cpu']:6.2f}" if ok else f"{'—':>6}"
+        print(f"{n:>4}×{n:<3} {c:>4} | {d_mb} {d_s} | {c_mb} {model:9.0f} {c_s} | {ratio} {speed} {cpu}")
         for name, r in (("dense", dense), ("chunked", chunked)):
             if "error" in r:
                 print(f"         {name}: {r['error']}")

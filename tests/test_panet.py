@@ -50,6 +50,8 @@ def test_scale_and_overrides_are_checked(layouts):
         from_state_dict(sd, window_size=8)
     with pytest.raises(UpscaleError, match="odd"):
         from_state_dict(sd, ksize=4)
+    with pytest.raises(UpscaleError, match="levels"):
+        from_state_dict(sd, levels=11)
 
 
 def test_rgb_range_read_from_mean_shift(reference_case):

@@ -166,6 +166,7 @@ def attend(
                     r.addmm_(a_i, buf[o : o + h * wp])
             o = s + p + (p + dy) * Wp + dx
             canvas[o : o + n] += r
+        del a, a_i, r  # before the next chunk's scores exist: one chunk's scores alive at a time
     out = canvas[p : p + (H + 2 * p) * Wp].view(H + 2 * p, Wp, C)[p : p + H, p : p + W].permute(2, 0, 1)
     return out / 4.0
 
@@ -411,6 +412,10 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
     ksize = int(opts["ksize"])
     if ksize < 1 or ksize % 2 == 0:
         raise UpscaleError(f"panet ksize must be an odd number (the authors use 3), not {ksize}")
+    if not 1 <= int(opts["levels"]) <= 10:
+        raise UpscaleError(
+            f"panet levels must be 1 to 10 (scales 1.0, 0.9, ...; the authors use 5), not {opts['levels']}"
+        )
     rgb_range = opts["rgb_range"]
     if rgb_range is None:
         rgb_range = _rgb_range(state_dict["sub_mean.bias"]) or 1.0
@@ -434,7 +439,7 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
         # The attention's scores and softmax run in float32 whatever the input dtype (the queries are
         # not normalised, so fp16 logits ×10 could overflow); its output is a convex combination of
         # value patches /4, no larger than the values. The rest is EDSR convs with residuals ×0.1,
-        # which the authors' framework itself runs in half precision (--precision half).
+        # for which the authors' framework offers half precision at test time (--precision half).
         fp16_safe=True,
         receptive_field=None,  # the attention reaches the whole tile
     )
