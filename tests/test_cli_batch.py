@@ -194,7 +194,9 @@ def test_interrupted_batch_leaves_no_partial_file_and_resumes(weights, tmp_path)
         Image.fromarray(noise((64, 64, 3), 10 + i)).save(src / f"img{i}.png")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "upscale", str(src), "-o", str(out), "--weights", str(weights), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT as a terminal's Ctrl-C delivers it (a test runner started in the background may ignore it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     deadline = time.monotonic() + 120
     while not (out.is_dir() and any(out.glob("*.png"))):
         assert proc.poll() is None, proc.communicate()[1].decode()

@@ -301,7 +301,7 @@ def download_cmd(
              "scale pixels shaved. DATASET has HR/<name>.png and LR_bicubic/X<s>/<name>x<s>.png.")
 def eval_cmd(
     datasets: Annotated[
-        list[Path], typer.Argument(help="Dataset folders (Set5, Set14, ...).", show_default=False, metavar="DATASET...")
+        list[Path], typer.Argument(help="Dataset folders (Set5, Set14, ...).", show_default=False, metavar="DATASET")
     ],
     model: Annotated[str | None, typer.Option("-m", "--model", metavar="NAME", help="Model name (see `upscale models`).")] = None,
     scale: Annotated[int | None, typer.Option("-s", "--scale", metavar="N", help="Scale factor of the model: 2, 3 or 4.")] = None,
@@ -400,9 +400,10 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (*_click_errors("Abort"), KeyboardInterrupt):
+        code = 130
+    if code == 130:  # Ctrl-C (typer turns KeyboardInterrupt into exit code 130 itself)
         err.print("interrupted: no partial file was left; run the same command again to resume "
                   "(finished outputs are skipped)", highlight=False)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 
