@@ -8,6 +8,7 @@ files are the official checkpoints in ../shared/weights.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ def test_changed_cached_file_is_detected_and_replaced(hub, capsys):
         f.write(b"\0" * 16)
     hub.requests.clear()
     assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
-    assert "warning: the cached vapsr x4" in capsys.readouterr().err
+    assert "warning: cached vapsr x4" in capsys.readouterr().err
     assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]
 
 
@@ -365,3 +366,14 @@ def test_weights_hf_address_on_the_command_line(hub, tmp_path):
     assert Image.open(tmp_path / "out.png").size == (32, 32)
     assert any(path.startswith("cdn:/blobs/") for _, path in hub.requests)
 
+
+
+def test_models_command_does_not_import_torch(hub):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom upscale.cli import main\ntry:\n    main(['models', '--json'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, env={**os.environ, **hub.env})
+    assert proc.stderr.decode().strip().splitlines()[-1] == "False", proc.stderr.decode()
+    assert json.loads(proc.stdout)

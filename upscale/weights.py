@@ -254,15 +254,21 @@ def cached_path(variant: Variant) -> Path | None:
         return None
 
 
-def _check(w: Wanted, path: Path, expected: str | None, quiet: bool) -> str:
-    """sha256 of `path` after checking size and digest against what is expected; raises on mismatch."""
-    size = path.stat().st_size
-    if w.size is not None and size != w.size:
-        raise UpscaleError(f"{w.label}: got {size} bytes, expected {w.size}")
+def _check(w: Wanted, path: Path, expected: str | None, where: str = "") -> str:
+    """sha256 of `path`, after checking its size and digest against what is expected."""
     digest = download.sha256_file(path)
-    if expected is not None and digest != expected:
-        raise UpscaleError(f"{w.label}: sha256 {digest[:16]}… does not match the expected {expected[:16]}…")
+    _check_digest(w, path, digest, expected, where)
     return digest
+
+
+def _check_digest(w: Wanted, path: Path, digest: str, expected: str | None, where: str = "") -> None:
+    size = path.stat().st_size
+    origin = f" from {where}" if where else ""
+    if w.size is not None and size != w.size:
+        raise UpscaleError(f"{w.label}{origin} has {size} bytes, expected {w.size}")
+    if expected is not None and digest != expected:
+        what = "the manifest's" if w.sha256 else "the one recorded at its first download"
+        raise UpscaleError(f"{w.label}{origin} has sha256 {digest[:16]}…, not {what} {expected[:16]}…")
 
 
 def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
@@ -278,9 +284,9 @@ def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
     if st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns") and rec["sha256"] == expected:
         return path
     try:  # touched, or the manifest's digest changed: hash again
-        digest = _check(w, path, expected, quiet)
+        digest = _check(w, path, expected)
     except UpscaleError as exc:
-        download.say(f"warning: the cached {exc}; removing it", quiet)
+        download.say(f"warning: cached {exc}: it changed since it was verified, so it is removed", quiet)
         _remove(path)
         return None
     _write_record(w, path, digest, rec.get("source", ""), rec.get("digest_from", "manifest"))
@@ -336,7 +342,7 @@ def _adopt_unrecorded(w: Wanted, expected: str | None, quiet: bool) -> Path | No
         if expected is None and path == w.path:
             continue  # unknown provenance and nothing to check it against
         try:
-            digest = _check(w, path, expected, quiet)
+            digest = _check(w, path, expected)
         except UpscaleError:
             continue
         _write_record(w, path, digest, origin, "manifest" if w.sha256 else "first download")
@@ -353,16 +359,16 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
         tmp = w.store / f".{w.filename}.{uuid.uuid4().hex[:8]}.part"
         try:
             digest, _ = download.fetch_url(source["url"], tmp, expected_size=w.size, label=w.filename, quiet=quiet)
-            _check_digest(w, tmp, digest, expected, where)
+            _verified(w, tmp, digest, expected, where)
             os.replace(tmp, w.path)
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # not kept unless verified and renamed
         path = w.path
     else:
         path = download.fetch_hub(source, hub_cache_dir(), quiet=quiet)
         try:
             digest = download.sha256_file(path)
-            _check_digest(w, path, digest, expected, where)
+            _verified(w, path, digest, expected, where)
         except UpscaleError:
             _remove(path)  # not kept: a later run must not find it
             raise
@@ -377,16 +383,11 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
     return path
 
 
-def _check_digest(w: Wanted, path: Path, digest: str, expected: str | None, where: str) -> None:
-    size = path.stat().st_size
-    if w.size is not None and size != w.size:
-        raise UpscaleError(f"{w.label} from {where} has {size} bytes, expected {w.size}: deleted it")
-    if expected is not None and digest != expected:
-        what = "the manifest's" if w.sha256 else "the one recorded at its first download"
-        raise UpscaleError(
-            f"{w.label} from {where} has sha256 {digest[:16]}…, not {what} {expected[:16]}…: deleted it "
-            "(corrupt or changed upstream)"
-        )
+def _verified(w: Wanted, path: Path, digest: str, expected: str | None, where: str) -> None:
+    try:
+        _check_digest(w, path, digest, expected, where)
+    except UpscaleError as exc:
+        raise UpscaleError(f"{exc}: deleted it (corrupt, or changed upstream)") from None
 
 
 # ---- what the commands call --------------------------------------------------------------------------
@@ -429,7 +430,7 @@ def register_file(name: str, scale: int | None, source: str | Path, quiet: bool 
     if not src.is_file():
         raise UpscaleError(f"file not found: {src}")
     try:
-        digest = _check(w, src, w.sha256, quiet)
+        digest = _check(w, src, w.sha256)
     except UpscaleError as exc:
         raise UpscaleError(f"{src} is not the expected file: {exc}") from None
     from upscale.models import from_state_dict
