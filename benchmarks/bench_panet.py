@@ -41,13 +41,15 @@ def _features(n: int, c: int, cm: int):
     return query, keys, values
 
 
-def run_case(method: str, n: int, c: int, chunk: int | None) -> dict:
+def run_case(method: str, n: int, c: int, chunk: int | None, threads: int) -> dict:
     """In the child process: one measured call."""
     import torch
 
     from upscale.models import panet
 
     torch.set_grad_enabled(False)
+    if threads:
+        torch.set_num_threads(threads)
     cm = max(1, c // 8)
     fn = panet.attend if method == "chunked" else panet.attend_dense
     kwargs = {"chunk": chunk} if method == "chunked" else {}
@@ -89,8 +91,8 @@ def available_bytes() -> float:
     return float("inf")
 
 
-def spawn(method: str, n: int, c: int, chunk: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, str(n), str(c), str(chunk or 0)]
+def spawn(method: str, n: int, c: int, chunk: int | None, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, str(n), str(c), str(chunk or 0), str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
@@ -103,18 +105,22 @@ def main() -> None:
     ap.add_argument("--width", type=int, nargs="+", default=[64], help="channels C (matching width C/8)")
     ap.add_argument("--full-width-sizes", type=int, nargs="*", default=[48, 96], help="sizes also run at 256")
     ap.add_argument("--chunk", type=int, default=0, help="queries per chunk (0: the module's default)")
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        method, n, c, chunk = a.child
-        print(json.dumps(run_case(method, int(n), int(c), int(chunk) or None)))
+        method, n, c, chunk, threads = a.child
+        print(json.dumps(run_case(method, int(n), int(c), int(chunk) or None, int(threads))))
         return
 
     from upscale.models import panet
 
     cases = [(n, c) for c in a.width for n in a.sizes]
     cases += [(n, 256) for n in a.full_width_sizes if 256 not in a.width]
-    print(f"{os.cpu_count()} cpus; chunk: {a.chunk or 'default'}; MB = RSS high-water delta of the call;")
+    threads = a.threads or "default"
+    print(
+        f"{os.cpu_count()} cpus, threads {threads}; chunk: {a.chunk or 'default'}; MB = RSS high-water delta;"
+    )
     print("model MB = panet.attention_bytes(..., include_features=False); ×: dense / chunked")
     head = f"{'size':>8} {'C':>4} | {'dense MB':>9} {'dense s':>8} | {'chunked MB':>10} {'model MB':>9}"
     head += f" {'chunked s':>9} | {'mem ×':>6} {'speed ×':>7} {'cpu ×':>6}"
@@ -125,8 +131,8 @@ def main() -> None:
         if est > min(DENSE_LIMIT, 0.6 * available_bytes()):
             dense = {"error": f"skipped: needs ~{est / 1e9:.0f} GB"}
         else:
-            dense = spawn("dense", n, c, None)
-        chunked = spawn("chunked", n, c, a.chunk or None)
+            dense = spawn("dense", n, c, None, a.threads)
+        chunked = spawn("chunked", n, c, a.chunk or None, a.threads)
         model = panet.attention_bytes(n, n, c, chunk=a.chunk or None, include_features=False) / 2**20
         ok = "error" not in dense and "error" not in chunked
         d_mb = f"{dense['peak'] / 2**20:9.0f}" if "error" not in dense else f"{'—':>9}"

@@ -26,7 +26,8 @@ offset d of every key is one contiguous slice of that grid, so pasting is nine m
 Tiling: the attention is global within whatever the network is given. Tiled and whole-image results
 therefore differ slightly (each tile only sees its own patches); the authors' own test script also
 splits large images (`--chop`: quadrants with a 10-pixel overlap until each is under 6400 LR
-pixels). Use `attention_bytes` / `tile_side_for` to choose a tile from a memory budget.
+pixels). Use `attention_bytes` / `tile_side_for` to choose a tile from a memory budget. A pyramid
+level that would be empty (a tile side of 1 pixel) is left out, where the authors' code fails.
 """
 
 from __future__ import annotations
