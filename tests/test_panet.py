@@ -11,6 +11,16 @@ from upscale.errors import UpscaleError
 from upscale.models import from_state_dict, panet
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These inputs are tiny and the chunked attention runs many small ops: with the cores shared by
+    other processes, each op's thread synchronisation costs more than the op (seconds per test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_reproduces_authors_outputs(reference_case, scale):
     case, sd = reference_case(f"panet_small_x{scale}")
