@@ -110,7 +110,10 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=4, choices=[2, 3, 4])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--no-precision", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     throughput(args.variants, args.sizes, args.scale, args.repeat)
