@@ -90,30 +90,43 @@ def authors_vapsr(model) -> None:
         block.atten_branch.forward = types.MethodType(attn_forward, block.atten_branch)
 
 
-def child_throughput(name: str, device: str, precision: str, side: int, before: bool) -> dict:
+def _setup(threads: int, cpu_clock: bool):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return time.process_time if cpu_clock else time.perf_counter
+
+
+def child_throughput(name: str, device: str, precision: str, side: int, before: bool, threads: int = 0,
+                     cpu_clock: bool = False) -> dict:
     import numpy as np
     import torch
 
     from upscale.bench import best_time, matmul_gflops, model_flops
     from upscale.engine import upscale_array
 
+    clock = _setup(threads, cpu_clock and device == "cpu")
     torch.set_flush_denormal(True)
     dev = torch.device(device)
     model = build(MODELS[name][0], before=before)
     img = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
     flops = model_flops(model, torch.rand(1, 3, side, side))
-    mm = matmul_gflops(dev)
-    seconds = best_time(lambda: upscale_array(model, img, device=dev, precision=precision, tile=0), dev, repeat=2)
-    mm = max(mm, matmul_gflops(dev))  # the better of two, taken around the model's timing
+    mm = matmul_gflops(dev, clock=clock)
+    seconds = best_time(lambda: upscale_array(model, img, device=dev, precision=precision, tile=0), dev, repeat=2,
+                        clock=clock)
+    mm = max(mm, matmul_gflops(dev, clock=clock))  # the better of two, taken around the model's timing
     return {"flops": flops, "seconds": seconds, "matmul_gflops": mm}
 
 
-def child_tiling(name: str, device: str, side: int, tile: int, overlap: str) -> dict:
+def child_tiling(name: str, device: str, side: int, tile: int, overlap: str, threads: int = 0,
+                 cpu_clock: bool = False) -> dict:
     import numpy as np
     import torch
 
     from upscale.engine import upscale_array
 
+    clock = _setup(threads, cpu_clock and device == "cpu")
     dev = torch.device(device)
     model = build(MODELS[name][0])
     rng = np.random.default_rng(0)
@@ -121,12 +134,13 @@ def child_tiling(name: str, device: str, side: int, tile: int, overlap: str) -> 
     img = (0.5 + 0.3 * np.sin(yy[..., None] / 4 + np.arange(3)) * np.cos(xx[..., None] / 7)
            + 0.1 * rng.standard_normal((side, side, 3)))
     img = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-    t0 = time.perf_counter()
+    upscale_array(model, img[:64, :64], device=dev, tile=0)  # warm-up
+    t0 = clock()
     whole = upscale_array(model, img, device=dev, tile=0)
-    t_whole = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_whole = clock() - t0
+    t0 = clock()
     tiled = upscale_array(model, img, device=dev, tile=tile, tile_overlap=overlap)
-    t_tiled = time.perf_counter() - t0
+    t_tiled = clock() - t0
     d = np.abs(whole.astype(np.int16) - tiled.astype(np.int16))
     return {"whole_s": t_whole, "tiled_s": t_tiled, "max_diff": int(d.max()), "pct_off": float((d > 0).mean() * 100)}
 
@@ -135,7 +149,7 @@ class _Enough(Exception):
     pass
 
 
-def child_big(device: str, stop_after: int = 0) -> dict:
+def child_big(device: str, stop_after: int = 0, threads: int = 0, cpu_clock: bool = False) -> dict:
     """2000×2000 ×4 VapSR with the default (auto) settings. stop_after > 0 stops after that many tiles:
     the peak is reached once the first row of tiles has been flushed into the output and the next
     band started (every later row repeats the same allocations)."""
@@ -144,6 +158,7 @@ def child_big(device: str, stop_after: int = 0) -> dict:
 
     from upscale import engine
 
+    _setup(threads, False)
     dev = torch.device(device)
     model = build("vapsr_x4")
     img = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
@@ -209,11 +224,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="LR side for the throughput table (default per model)")
     ap.add_argument("--tiling-side", type=int, default=384)
     ap.add_argument("--no-tiling", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in the children (default: torch's)")
+    ap.add_argument("--cpu-clock", action="store_true",
+                    help="time CPU cases in process CPU seconds (with --threads 1: robust on a shared machine)")
     ap.add_argument("--big", action="store_true", help="2000×2000 ×4 VapSR peak memory (slow on a CPU)")
     ap.add_argument("--big-stop-after", type=int, default=0, metavar="N", help="stop the big case after N tiles")
     args = ap.parse_args()
     names = args.only or list(MODELS)
-    print(f"machine: {machine()}\n")
+    print(f"machine: {machine()}; children: threads={args.threads or 'default'}, "
+          f"clock={'process CPU time' if args.cpu_clock else 'wall'}\n")
+    opts = {"threads": args.threads, "cpu_clock": args.cpu_clock}
 
     print("| model | device | precision | forward | LR size | MP/s | GFLOP/s | of fp32 matmul | matmul GFLOP/s | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -225,7 +245,8 @@ def main() -> None:
                 variants = [("fp32", True), ("fp32", False)]
             variants.append(("bf16" if dev == "cpu" else "auto", False))
             for precision, before in variants:
-                r = run_child("throughput", name=name, device=dev, precision=precision, side=side, before=before)
+                r = run_child("throughput", name=name, device=dev, precision=precision, side=side, before=before,
+                              **opts)
                 label = "authors' (before)" if before else "engine (after)"
                 if "error" in r:
                     print(f"| {name} | {dev} | {precision} | {label} | {side}² | error: {r['error']} |||||")
@@ -245,7 +266,7 @@ def main() -> None:
                                         ("a2n_x4", 128, "auto")]:
                 if args.only and name not in args.only:
                     continue
-                r = run_child("tiling", name=name, device=dev, side=side, tile=tile, overlap=overlap)
+                r = run_child("tiling", name=name, device=dev, side=side, tile=tile, overlap=overlap, **opts)
                 if "error" in r:
                     print(f"| {name} | {dev} | {tile} | {overlap} | error: {r['error']} |||||")
                     continue
@@ -255,7 +276,7 @@ def main() -> None:
     if args.big:
         print("\n2000×2000 ×4 VapSR, default settings (auto tile, exact overlap):\n")
         for dev in devices():
-            r = run_child("big", device=dev, stop_after=args.big_stop_after)
+            r = run_child("big", device=dev, stop_after=args.big_stop_after, **opts)
             print(f"{dev}: {r}")
 
 
