@@ -78,11 +78,20 @@ def test_too_small_overlap_is_not_exact(vapsr):
 
 
 @pytest.mark.parametrize(("shape", "tile"), [((45, 61), 16), ((33, 29), 7), ((1, 1), 1), ((1, 37), 5)])
-def test_a2n_tiled_close_to_whole(a2n, shape, tile):
-    # A2N's pooled gates see the whole tile, so tiles are not exact: the default overlap keeps them
-    # within the 8-bit tolerance (measured on the official weights in benchmarks/README.md).
+def test_a2n_random_weights_tiled_close_to_whole(a2n, shape, tile):
+    # A2N's pooled gates see the whole tile, so tiles are never exact. With random weights the gates
+    # are nearly flat and tiles stay within the 8-bit tolerance; with the official weights they do NOT
+    # (up to 8 levels off at tile 48, benchmarks/README.md), which is why auto runs A2N whole when it fits.
     img = image(*shape, seed=3)
     assert_close_8bit(upscale_array(a2n, img, tile=0), upscale_array(a2n, img, tile=tile))
+
+
+def test_auto_runs_the_whole_image_when_it_fits(a2n):
+    img = image(40, 50, seed=4)
+    tiles = []
+    out = upscale_array(a2n, img, progress=lambda d, t: tiles.append(t))
+    assert tiles == [1]
+    np.testing.assert_array_equal(out, upscale_array(a2n, img, tile=0))
 
 
 def test_feather_weights_sum_to_one():
