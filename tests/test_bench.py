@@ -72,3 +72,18 @@ def test_built_in_layouts_match_the_official_checkpoints(name, layouts, empty_ca
     expected = {k: tuple(v["shape"]) for k, v in layouts[LAYOUT_KEYS[name]]["keys"].items()}
     got = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
     assert got == expected
+
+
+def test_flop_count_includes_fused_attention(reference_case):
+    """HAT's fused CPU attention kernel must count as much as the same attention written out."""
+    import torch
+
+    from upscale.bench import model_flops
+    from upscale.models import from_state_dict
+
+    _, sd = reference_case("hat_small_x2")
+    model = from_state_dict(sd)
+    x = torch.rand(1, 3, 16, 16)
+    fused = model_flops(model, x)
+    model.net.attention = "math"
+    assert fused == model_flops(model, x)

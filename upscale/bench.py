@@ -67,10 +67,23 @@ def model_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass (multiply-add = 2), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
     with torch.inference_mode(), counter:
         model(x)
     return counter.get_total_flops()
+
+
+def _cpu_attention_flops() -> dict:
+    """torch's counter knows the CUDA attention kernels but not the fused CPU one, which HAT uses."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        return {}
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    return {op: flops}
 
 
 # ---- `upscale bench`: one model forward pass, timed ---------------------------------------------
