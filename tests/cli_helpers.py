@@ -11,9 +11,9 @@ from pathlib import Path
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict | None = None, input: bytes | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
+    return subprocess.run(  # the caller checks the exit code
         [sys.executable, "-m", "upscale", *map(str, args)],
-        cwd=cwd, env=full_env, input=input, capture_output=True, timeout=timeout,
+        cwd=cwd, env=full_env, input=input, capture_output=True, timeout=timeout, check=False,
     )
 
 

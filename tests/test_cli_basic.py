@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from cli_helpers import assert_one_line_error, run_cli
 from conftest import random_state_dict
+from PIL import Image
 
 
 @pytest.fixture

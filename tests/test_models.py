@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import random_state_dict
+
 from upscale.errors import UpscaleError
 from upscale.models import detect_arch, from_state_dict
 
@@ -26,13 +26,13 @@ def test_reproduces_reference(name, reference_case):
 
 
 EXPECTED_CONFIG = {
-    "vapsr_x2": dict(scale=2, num_feat=48, num_block=20, conv_groups=1),
-    "vapsr_x3": dict(scale=3, num_feat=48, num_block=20, conv_groups=1),
-    "vapsr_x4": dict(scale=4, num_feat=48, num_block=21, conv_groups=1),
-    "vapsr-s_x4": dict(scale=4, num_feat=32, num_block=11, conv_groups=2),
-    "a2n_x2": dict(scale=2, nf=40, unf=24, nb=16),
-    "a2n_x3": dict(scale=3, nf=40, unf=24, nb=16),
-    "a2n_x4": dict(scale=4, nf=40, unf=24, nb=16),
+    "vapsr_x2": {"scale": 2, "num_feat": 48, "num_block": 20, "conv_groups": 1},
+    "vapsr_x3": {"scale": 3, "num_feat": 48, "num_block": 20, "conv_groups": 1},
+    "vapsr_x4": {"scale": 4, "num_feat": 48, "num_block": 21, "conv_groups": 1},
+    "vapsr-s_x4": {"scale": 4, "num_feat": 32, "num_block": 11, "conv_groups": 2},
+    "a2n_x2": {"scale": 2, "nf": 40, "unf": 24, "nb": 16},
+    "a2n_x3": {"scale": 3, "nf": 40, "unf": 24, "nb": 16},
+    "a2n_x4": {"scale": 4, "nf": 40, "unf": 24, "nb": 16},
 }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 from PIL import Image
 
-from cli_helpers import run_cli
 from upscale.metrics import psnr_y
 
 # (model name, scale, official file, the authors' mean PSNR from ../shared/benchmarks/README.md)

@@ -121,7 +121,7 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
     if found is None and opts["scale"] is not None and int(opts["scale"]) not in (2, 3):
         raise UpscaleError(f"this a2n checkpoint has one upsampling stage: it is x2 or x3, not x{opts['scale']}")
     scale = check_scale(ARCH, found, opts["scale"])
-    config = dict(nf=nf, unf=unf, nb=nb, reduction_feat=reduction_feat, in_nc=in_nc, out_nc=out_nc)
+    config = {"nf": nf, "unf": unf, "nb": nb, "reduction_feat": reduction_feat, "in_nc": in_nc, "out_nc": out_nc}
     net = A2N(scale, **config)
     return NetSpec(
         net=net,
