@@ -92,3 +92,11 @@ def test_version_and_help():
     assert run_cli("--version").stdout.decode().startswith("upscale ")
     help_text = run_cli("--help").stdout.decode()
     assert "Examples" in help_text and "upscale photo.png" in help_text
+
+
+@pytest.mark.parametrize("option", [["--tile", "big"], ["--precision", "fp8"]])
+def test_bad_engine_setting_fails_once_before_any_image(photo, vapsr_weights, option):
+    Image.open(photo).save(photo.with_name("second.png"))
+    proc = run_cli(photo.parent, "--weights", vapsr_weights, *option)
+    assert_one_line_error(proc, option[0].lstrip("-"))
+    assert not list(photo.parent.glob("*_x4.png"))

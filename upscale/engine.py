@@ -350,7 +350,7 @@ def _prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
 # ---- the run --------------------------------------------------------------------------------------
 
 
-def _parse_size(value: int | str | None, what: str) -> int | None:
+def parse_pixels(value: int | str | None, what: str) -> int | None:
     """None for auto, else a non-negative int."""
     if value is None or (isinstance(value, str) and value.lower() == "auto"):
         return None
@@ -388,8 +388,8 @@ def upscale_array(
     device = torch.device(device)
     dtype = select_precision(precision, device, model)
     h, w = array.shape[:2]
-    tile_n = _parse_size(tile, "--tile")
-    overlap = _parse_size(tile_overlap, "--tile-overlap")
+    tile_n = parse_pixels(tile, "--tile")
+    overlap = parse_pixels(tile_overlap, "--tile-overlap")
     if overlap is None:
         overlap = default_overlap(model)
     if tile_n is None:

@@ -86,7 +86,16 @@ class Upscaler:
 
                 model = SelfEnsemble(model)
             self._model = model
+            self._check_engine_settings()
         return self._model
+
+    def _check_engine_settings(self) -> None:
+        """Reject a bad precision or tile size once, before any image runs (not once per image)."""
+        from upscale.engine import parse_pixels
+
+        self.resolved_precision()
+        parse_pixels(self.tile, "--tile")
+        parse_pixels(self.tile_overlap, "--tile-overlap")
 
     @property
     def scale(self) -> int:
