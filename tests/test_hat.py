@@ -19,14 +19,8 @@ AUTHORS = {
 COMMON = {"window_size": 16, "overlap_ratio": 0.5, "mlp_ratio": 2.0, "conv_scale": 0.01, "img_range": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small inputs on 2 cores shared with other processes: two threads spend most of their time
-    waiting for each other (measured: 99 s CPU for this file on 2 threads, 16 s on one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny inputs, many small ops: see the one_thread fixture in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -10,15 +10,8 @@ from tests.conftest import random_state_dict
 from upscale.errors import UpscaleError
 from upscale.models import from_state_dict, panet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These inputs are tiny and the chunked attention runs many small ops: with the cores shared by
-    other processes, each op's thread synchronisation costs more than the op (seconds per test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny inputs, many small ops: see the one_thread fixture in conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
