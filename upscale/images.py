@@ -63,18 +63,6 @@ class Picture:
         """(width, height), as PIL says it."""
         return self.pixels.shape[1], self.pixels.shape[0]
 
-    @property
-    def has_alpha(self) -> bool:
-        return self.pixels.shape[2] in (2, 4)
-
-    @property
-    def is_gray(self) -> bool:
-        return self.pixels.shape[2] in (1, 2)
-
-    @property
-    def bit_depth(self) -> int:
-        return 16 if self.pixels.dtype == np.uint16 else 8
-
 
 # ---- reading ---------------------------------------------------------------------------------------
 

@@ -70,13 +70,6 @@ def unwrap_state_dict(raw: Any, source: str = "checkpoint") -> dict[str, Any]:
     return sd
 
 
-def load_model(path: str | Path, arch: str | None = None, **overrides: Any):
-    """Checkpoint file → SRModel (family detected unless `arch` is given)."""
-    from upscale.models import from_state_dict
-
-    return from_state_dict(load_checkpoint(path), arch=arch, **overrides)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
