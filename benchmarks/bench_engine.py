@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="LR side for the throughput table (default per model)")
     ap.add_argument("--tiling-side", type=int, default=384)
     ap.add_argument("--no-tiling", action="store_true")
+    ap.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the children (default: torch's)")
     ap.add_argument("--cpu-clock", action="store_true",
                     help="time CPU cases in process CPU seconds (with --threads 1: robust on a shared machine)")
@@ -235,9 +236,11 @@ def main() -> None:
           f"clock={'process CPU time' if args.cpu_clock else 'wall'}\n")
     opts = {"threads": args.threads, "cpu_clock": args.cpu_clock}
 
-    print("| model | device | precision | forward | LR size | MP/s | GFLOP/s | of fp32 matmul | matmul GFLOP/s | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for dev in devices():
+    if not args.no_throughput:
+        print("| model | device | precision | forward | LR size | MP/s | GFLOP/s | of fp32 matmul | matmul GFLOP/s "
+              "| peak MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    for dev in devices() if not args.no_throughput else ():
         for name in names:
             side = args.size or MODELS[name][1]
             variants = [("fp32", False)]
