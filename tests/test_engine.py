@@ -13,9 +13,11 @@ from upscale import engine
 from upscale.engine import upscale_array
 from upscale.errors import UpscaleError
 from upscale.models import SRModel, from_state_dict
+from upscale.models import a2n as a2n_family
 from upscale.models.a2n import A2N
 from upscale.models.base import NetSpec
 from upscale.models.vapsr import VapSR
+from upscale.weights import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +80,118 @@ def test_too_small_overlap_is_not_exact(vapsr):
 
 
 @pytest.mark.parametrize(("shape", "tile"), [((45, 61), 16), ((33, 29), 7), ((1, 1), 1), ((1, 37), 5)])
-def test_a2n_random_weights_tiled_close_to_whole(a2n, shape, tile):
-    # A2N's pooled gates see the whole tile, so tiles are never exact. With random weights the gates
-    # are nearly flat and tiles stay within the 8-bit tolerance; with the official weights they do NOT
-    # (up to 8 levels off at tile 48, benchmarks/README.md), which is why auto runs A2N whole when it fits.
+def test_a2n_random_weights_tiled_equals_whole(a2n, shape, tile):
+    # The gates come from the whole-image pre-pass (a2n.prepare_tiles), then tiles are exact.
     img = image(*shape, seed=3)
     assert_close_8bit(upscale_array(a2n, img, tile=0), upscale_array(a2n, img, tile=tile))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_a2n_frozen_receptive_field_is_enough(scale):
+    """Frozen gates, tiles with just the computed receptive field of context: equal to the whole image."""
+    torch.manual_seed(scale)
+    net = A2N(scale, nf=8, unf=8, nb=2, reduction_feat=4)
+    for p in net.parameters():  # larger weights than the default init, so every pixel of context matters
+        p.data.mul_(3)
+    model = from_state_dict(net.state_dict(), scale=scale, input_range=1.0)
+    img = image(40, 44, seed=scale)
+    freeze = a2n_family.prepare_tiles(model, img, torch.device("cpu"), torch.float32, 9)
+    frozen = freeze(model)
+    rf = frozen.receptive_field
+    assert rf == a2n_family.frozen_receptive_field(model.net)
+    x = engine.to_tensor(img)
+    whole = frozen(x)
+    for y0, x0 in [(18, 20), (16, 21)]:
+        a, c = y0 - rf, x0 - rf
+        crop = frozen(x[..., a : y0 + 4 + rf, c : x0 + 4 + rf])
+        inner = crop[..., rf * scale : (rf + 4) * scale, rf * scale : (rf + 4) * scale]
+        torch.testing.assert_close(inner, whole[..., y0 * scale : (y0 + 4) * scale, x0 * scale : (x0 + 4) * scale])
+    # one pixel less context is visible, so the check above can fail
+    a, c = 18 - (rf - 1), 20 - (rf - 1)
+    crop = frozen(x[..., a : 22 + rf - 1, c : 24 + rf - 1])
+    inner = crop[..., (rf - 1) * scale : (rf + 3) * scale, (rf - 1) * scale : (rf + 3) * scale]
+    assert (inner - whole[..., 18 * scale : 22 * scale, 20 * scale : 24 * scale]).abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def a2n_official(shared) -> SRModel:
+    path = shared / "weights" / "aan_x3.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return from_state_dict(load_checkpoint(path), scale=3, input_range=255.0)
+
+
+@pytest.fixture(scope="module")
+def butterfly(shared) -> np.ndarray:
+    from PIL import Image
+
+    path = shared / "benchmarks" / "Set5" / "LR_bicubic" / "X3" / "butterflyx3.png"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return np.array(Image.open(path).convert("RGB"))[10:70, 20:70]  # 60×50: fast, and not the whole image
+
+
+@pytest.mark.parametrize("tile", [24, 17])
+def test_a2n_official_tiles_equal_whole(a2n_official, butterfly, tile):
+    with torch.inference_mode():
+        whole = upscale_array(a2n_official, butterfly, tile=0)
+    assert_close_8bit(whole, upscale_array(a2n_official, butterfly, tile=tile))
+
+
+def test_a2n_official_tiles_without_the_pre_pass_differ(a2n_official, butterfly, monkeypatch):
+    """Why the pre-pass exists: tiles pooling their own gates are visibly off with the official weights."""
+    whole = upscale_array(a2n_official, butterfly, tile=0)
+    monkeypatch.setattr(engine, "tile_pre_pass", lambda model: None)
+    d = np.abs(whole.astype(int) - upscale_array(a2n_official, butterfly, tile=24).astype(int))
+    assert d.max() > 1 and (d > 0).mean() > 0.01
+
+
+def test_a2n_pre_pass_runs_only_when_tiling(a2n, monkeypatch):
+    calls = []
+    real = a2n_family.prepare_tiles
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(a2n_family, "prepare_tiles", spy)
+    img = image(40, 50, seed=5)
+    whole = upscale_array(a2n, img, tile=0)
+    upscale_array(a2n, img)  # auto: fits, one tile
+    upscale_array(a2n, img, tile=60)  # a tile as large as the image is the whole image
+    assert calls == []
+    tiled = upscale_array(a2n, img, tile=16)
+    assert len(calls) == 1
+    assert_close_8bit(whole, tiled)
+    # the caller's model is not changed by the frozen gates: whole-image runs still pool their own
+    assert not isinstance(a2n.net, a2n_family._FrozenGates)
+    np.testing.assert_array_equal(whole, upscale_array(a2n, img, tile=0))
+
+
+def test_a2n_tiles_in_reduced_precision_recompute_with_the_same_gates(a2n, monkeypatch):
+    """bf16 tiles with the frozen gates; a NaN tile is recomputed by the fp32 twin, frozen alike."""
+    real = a2n_family._FrozenGates.forward
+    calls = []
+
+    def faulty(self, x):
+        y = real(self, x)
+        if x.dtype != torch.float32:
+            calls.append(self.gates)
+            if len(calls) == 2:
+                y = y.clone()
+                y[..., 0, 0] = float("nan")
+        return y
+
+    monkeypatch.setattr(a2n_family._FrozenGates, "forward", faulty)
+    img = image(30, 30, seed=6)
+    with pytest.warns(engine.NonFiniteWarning, match="1 of 4 tiles .* bf16"):
+        out = upscale_array(a2n, img, precision="bf16", tile=15)
+    assert len(calls) == 4
+    reference = upscale_array(a2n, img, tile=0)
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 8
+    h = out.shape[0] // 2
+    region = (slice(0, h - 4 * 2), slice(h + 4 * 2, None))  # inside the recomputed tile, away from blends
+    np.testing.assert_array_equal(out[region], reference[region])
 
 
 def test_auto_runs_the_whole_image_when_it_fits(a2n):

@@ -11,7 +11,9 @@ side. Each tile's network input is its core plus `overlap` pixels of context on 
 at the image edges, grown where it can to the model's `pad_multiple`). The blend ramp is centred on
 each core boundary and `feather` pixels wide on either side of it; the tile's output is used only
 where it has at least `overlap - feather` pixels of context. For a model with a finite receptive
-field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result.
+field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result. A model
+whose output depends on statistics of the whole image (A2N's pooled gates) is first given them by its
+family's pre-pass (`tile_pre_pass`), when and only when the image is tiled.
 """
 
 from __future__ import annotations
@@ -347,6 +349,24 @@ def _prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     return per_model[key]
 
 
+# ---- global statistics before tiling -------------------------------------------------------------
+
+PrePass = Callable[[torch.nn.Module, np.ndarray, torch.device, torch.dtype, int], Callable[[torch.nn.Module], torch.nn.Module]]
+
+
+def tile_pre_pass(model: torch.nn.Module) -> PrePass | None:
+    """A family whose output depends on statistics of the whole image (A2N's pooled gates) may define
+    `prepare_tiles(model, array, device, dtype, side)`: a pass over the image in pieces of about `side`
+    pixels that returns a function freezing those statistics into a model with a finite receptive field,
+    so that its tiles are exact. Called only when the image is tiled; None for the other families."""
+    from upscale.models import FAMILIES, family
+
+    arch = getattr(model, "arch", None)
+    if arch not in FAMILIES:
+        return None
+    return getattr(family(arch), "prepare_tiles", None)
+
+
 # ---- the run --------------------------------------------------------------------------------------
 
 
@@ -378,7 +398,7 @@ def upscale_array(
 
     tile: core side in input pixels (0 = the whole image at once; auto: from the device's free memory
     and the model's cost). tile_overlap: context per side (auto: the receptive field plus the blend
-    ramp where finite, else 32). precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile
+    ramp where finite, also once a pre-pass has frozen a model's global statistics, else 32). precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile
     that comes out non-finite in reduced precision is recomputed in fp32, with one warning.
     On out-of-memory the tile side is halved and the image restarted, down to 32 pixels."""
     if array.ndim != 3 or array.shape[2] != 3:
@@ -389,9 +409,8 @@ def upscale_array(
     dtype = select_precision(precision, device, model)
     h, w = array.shape[:2]
     tile_n = parse_pixels(tile, "--tile")
-    overlap = parse_pixels(tile_overlap, "--tile-overlap")
-    if overlap is None:
-        overlap = default_overlap(model)
+    overlap_given = parse_pixels(tile_overlap, "--tile-overlap")
+    overlap = default_overlap(model) if overlap_given is None else overlap_given
     if tile_n is None:
         tile_n = auto_tile(model, h, w, overlap, dtype, memory_budget(device), host_band=device.type == "cpu")
     if tile_n and tile_n >= max(h, w):
@@ -400,12 +419,19 @@ def upscale_array(
     fp32_model = _prepare(model, device, torch.float32)
     run_model = _prepare(model, device, dtype)
     out = np.empty((h * model.scale, w * model.scale, 3), dtype=array.dtype)
+    pre_pass = tile_pre_pass(model)
+    freeze = None
     while True:
         try:
-            recomputed, total = _run_tiles(
-                run_model, fp32_model, array, out, device, dtype, Tiling(tile_n, overlap, feather_for(model, overlap)),
-                progress,
-            )
+            tiled_run, tiled_fp32, tiled_overlap = run_model, fp32_model, overlap
+            if tile_n and pre_pass is not None:  # more than one tile: freeze the global statistics first
+                if freeze is None:
+                    freeze = pre_pass(run_model, array, device, dtype, tile_n + 2 * overlap)
+                tiled_run, tiled_fp32 = freeze(run_model), freeze(fp32_model)
+                if overlap_given is None:
+                    tiled_overlap = default_overlap(tiled_run)
+            tiling = Tiling(tile_n, tiled_overlap, feather_for(tiled_run, tiled_overlap))
+            recomputed, total = _run_tiles(tiled_run, tiled_fp32, array, out, device, dtype, tiling, progress)
             break
         except Exception as exc:  # only out-of-memory is retried
             if not is_oom(exc):
