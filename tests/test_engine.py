@@ -331,3 +331,16 @@ def test_missing_device_is_reported():
             engine.select_device("cuda:1")
     with pytest.raises(UpscaleError, match="unknown device"):
         engine.select_device("tpu0")
+
+
+def test_a2n_tiles_keep_the_self_ensemble(a2n):
+    """The gate pre-pass must not replace a SelfEnsemble by the plain network it wraps (--tta)."""
+    from upscale.ensemble import SelfEnsemble
+
+    img = image(40, 50, seed=7)
+    ensemble = SelfEnsemble(a2n)
+    whole_tta = upscale_array(ensemble, img, tile=0).astype(int)
+    tiled_tta = upscale_array(ensemble, img, tile=16).astype(int)
+    plain = upscale_array(a2n, img, tile=0).astype(int)
+    assert np.abs(whole_tta - plain).max() > 1  # the ensemble does change this image
+    assert np.abs(tiled_tta - whole_tta).max() < np.abs(tiled_tta - plain).max()

@@ -358,13 +358,15 @@ def tile_pre_pass(model: torch.nn.Module) -> PrePass | None:
     """A family whose output depends on statistics of the whole image (A2N's pooled gates) may define
     `prepare_tiles(model, array, device, dtype, side)`: a pass over the image in pieces of about `side`
     pixels that returns a function freezing those statistics into a model with a finite receptive field,
-    so that its tiles are exact. Called only when the image is tiled; None for the other families."""
-    from upscale.models import FAMILIES, family
+    so that its tiles are exact. Called only when the image is tiled; None for the other families.
+    Only a plain SRModel gets one: a wrapper such as SelfEnsemble runs the network on 8 transforms of
+    the image, each with statistics of its own, which one frozen set cannot stand for (its tiles stay
+    approximate, as for HAT and PANet)."""
+    from upscale.models import FAMILIES, SRModel, family
 
-    arch = getattr(model, "arch", None)
-    if arch not in FAMILIES:
+    if not isinstance(model, SRModel) or model.arch not in FAMILIES:
         return None
-    return getattr(family(arch), "prepare_tiles", None)
+    return getattr(family(model.arch), "prepare_tiles", None)
 
 
 # ---- the run --------------------------------------------------------------------------------------
