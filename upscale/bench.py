@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from upscale.errors import UpscaleError
+from upscale.host_memory import keep_freed_memory
 from upscale.models import SRModel
 
 
@@ -233,6 +234,7 @@ def bench_model(
     """Time one forward pass of a W×H input already on the device (decode, encode, transfers and tiling
     excluded: the model's own speed, so that its FLOPs are those of the timed pass)."""
     device = torch.device(device)
+    keep_freed_memory()  # as upscale_array does, so the model and the matmul yardstick run as in use
     w, h = size
     model = model.to(device=device, dtype=dtype).eval()
     x = torch.rand(1, 3, h, w, device=device, dtype=dtype)
