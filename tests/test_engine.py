@@ -285,7 +285,8 @@ def test_other_errors_are_not_retried(vapsr):
 
 def test_progress_counts_tiles(vapsr):
     seen = []
-    upscale_array(vapsr, image(20, 30), tile=10, progress=lambda d, t: seen.append((d, t)))
+    # an explicit overlap: classic tiles (auto would stream VapSR, see test_streaming)
+    upscale_array(vapsr, image(20, 30), tile=10, tile_overlap=4, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(i, 6) for i in range(1, 7)]
 
 

@@ -14,11 +14,18 @@ where it has at least `overlap - feather` pixels of context. For a model with a 
 field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result. A model
 whose output depends on statistics of the whole image (A2N's pooled gates) is first given them by its
 family's pre-pass (`tile_pre_pass`), when and only when the image is tiled.
+
+Families that describe their network as row-streaming nodes (VapSR, see upscale.streaming) are not
+cut into overlapping tiles when the image needs tiling: bands of rows flow through the network,
+each layer keeping the few rows of context it needs, so the result is exact without recomputing a
+receptive field's worth of overlap (172 input pixels per side for VapSR ×4). Only an image too wide
+for the rows held is cut into vertical strips, with the receptive field as their overlap.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import warnings
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 
 from upscale.errors import UpscaleError
+from upscale.host_memory import keep_freed_memory
 
 ProgressFn = Callable[[int, int], None]  # (tiles done, tiles in all); the total can change after an OOM retry
 
@@ -41,6 +49,9 @@ MIN_TILE = 32  # out-of-memory backoff stops here
 FEATHER = 4  # half-width of the blend ramp, input pixels (the default)
 OVERLAP_GLOBAL = 32  # default overlap for models whose receptive field is not finite
 CPU_BUDGET_CAP = 3 << 29  # 1.5 GiB: on the CPU, bigger tiles buy almost no speed but cost resident memory
+# Streamed bands on the CPU: 2000-wide VapSR ×4 bands of 64 rows ran as fast as bands of 273 rows, and
+# peaked at 1.8 GB resident instead of 3.9 GB (glibc's heap fragments around bigger blocks).
+CPU_STREAM_BAND = 1 << 17  # input pixels
 
 
 class NonFiniteWarning(UserWarning):
@@ -362,11 +373,26 @@ def tile_pre_pass(model: torch.nn.Module) -> PrePass | None:
     Only a plain SRModel gets one: a wrapper such as SelfEnsemble runs the network on 8 transforms of
     the image, each with statistics of its own, which one frozen set cannot stand for (its tiles stay
     approximate, as for HAT and PANet)."""
+    return _family_hook(model, "prepare_tiles")
+
+
+def stream_node(model: torch.nn.Module):
+    """The model's network as row-streaming nodes (upscale.streaming), if its family can stream it:
+    exact like overlapping tiles, without recomputing the overlap. Plain SRModel only, as above."""
+    from upscale.models import SRModel
+
+    make = _family_hook(model, "stream")
+    if make is None or model.pad_multiple != 1 or type(model).forward is not SRModel.forward:
+        return None  # a subclass with a forward of its own is not what the family's nodes describe
+    return make(model.net)
+
+
+def _family_hook(model: torch.nn.Module, name: str):
     from upscale.models import FAMILIES, SRModel, family
 
     if not isinstance(model, SRModel) or model.arch not in FAMILIES:
         return None
-    return getattr(family(model.arch), "prepare_tiles", None)
+    return getattr(family(model.arch), name, None)
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -409,10 +435,12 @@ def upscale_array(
         raise ValueError(f"expected uint8 or uint16 pixels, got {array.dtype}")
     device = torch.device(device)
     dtype = select_precision(precision, device, model)
+    keep_freed_memory()  # without it, half of a CPU run is page faults (see host_memory)
     h, w = array.shape[:2]
     tile_n = parse_pixels(tile, "--tile")
     overlap_given = parse_pixels(tile_overlap, "--tile-overlap")
     overlap = default_overlap(model) if overlap_given is None else overlap_given
+    tile_given = tile_n is not None
     if tile_n is None:
         tile_n = auto_tile(model, h, w, overlap, dtype, memory_budget(device), host_band=device.type == "cpu")
     if tile_n and tile_n >= max(h, w):
@@ -423,6 +451,7 @@ def upscale_array(
     out = np.empty((h * model.scale, w * model.scale, 3), dtype=array.dtype)
     pre_pass = tile_pre_pass(model)
     freeze = None
+    shrink = 1  # streaming plans with half the memory budget, less after an out-of-memory error
     while True:
         try:
             tiled_run, tiled_fp32, tiled_overlap = run_model, fp32_model, overlap
@@ -432,8 +461,13 @@ def upscale_array(
                 tiled_run, tiled_fp32 = freeze(run_model), freeze(fp32_model)
                 if overlap_given is None:
                     tiled_overlap = default_overlap(tiled_run)
-            tiling = Tiling(tile_n, tiled_overlap, feather_for(tiled_run, tiled_overlap))
-            recomputed, total = _run_tiles(tiled_run, tiled_fp32, array, out, device, dtype, tiling, progress)
+            node = stream_node(tiled_run) if tile_n and overlap_given is None else None
+            if node is not None:  # exact and without overlap recompute: see upscale.streaming
+                plan = stream_plan(tiled_run, node, h, w, tile_given and tile_n, dtype, memory_budget(device) >> shrink)
+                recomputed, total = _run_stream(tiled_run, tiled_fp32, node, array, out, device, dtype, plan, progress)
+            else:
+                tiling = Tiling(tile_n, tiled_overlap, feather_for(tiled_run, tiled_overlap))
+                recomputed, total = _run_tiles(tiled_run, tiled_fp32, array, out, device, dtype, tiling, progress)
             break
         except Exception as exc:  # only out-of-memory is retried
             if not is_oom(exc):
@@ -446,6 +480,7 @@ def upscale_array(
                     "use --device cpu, a lower --precision, or close other programs using the device"
                 ) from None
             tile_n = max(MIN_TILE, current // 2)
+            tile_given, shrink = True, shrink + 2  # a streamed run: a quarter of the band and of the budget
     if recomputed:
         warnings.warn(
             f"{recomputed} of {total} tiles gave non-finite values in {NAMES[dtype]} and were recomputed in fp32",
@@ -537,4 +572,103 @@ def _run_tiles(
         rows /= norm_x[None, :, None]
         _quantize_into(out[band_top:final], rows)
         band, band_top = band[final - band_top :], final
+    return recomputed, total
+
+
+# ---- streamed runs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    strips: list[int]  # boundaries of the strips' core columns (usually one strip: the whole width)
+    margin: int  # context columns on each side of a strip: the receptive field, so strips are exact
+    rows: int  # input rows per band
+
+
+def stream_plan(
+    model: torch.nn.Module, node, h: int, w: int, tile: int | None, dtype: torch.dtype, budget: int
+) -> StreamPlan:
+    """Strips and bands for a streamed run. The nodes keep a few rows of every layer across the strip's
+    width, so the image is cut into vertical strips only where that would take more than half the
+    budget. Bands hold about tile² pixels when a tile is given (--tile, or after an out-of-memory
+    error), else as many as the other half of the budget allows."""
+    from upscale.streaming import held_per_column
+
+    margin = model.receptive_field
+    device = _param_device(model)
+    held = held_per_column(node, 3, device, dtype, rows=2 * margin + 8)  # past the longest lag: steady state
+    n = 1
+    while n < w and held * min(w, math.ceil(w / n) + 2 * margin) > budget / 2:
+        n += 1
+    strips = cuts(w, math.ceil(w / n))
+    width = min(w, max(b - a for a, b in itertools.pairwise(strips)) + 2 * margin)
+    area = tile * tile if tile else budget / 2 / bytes_per_pixel(model, dtype)
+    if device.type == "cpu":
+        area = min(area, CPU_STREAM_BAND)
+    return StreamPlan(strips, margin, int(min(h, max(1, area // width))))
+
+
+def _run_stream(
+    model: torch.nn.Module,
+    fp32_model: torch.nn.Module,
+    node,
+    array: np.ndarray,
+    out: np.ndarray,
+    device: torch.device,
+    dtype: torch.dtype,
+    plan: StreamPlan,
+    progress: ProgressFn | None,
+) -> tuple[int, int]:
+    """Fill `out` strip by strip, band by band; returns (strips recomputed in fp32, steps in all).
+    A strip whose output goes non-finite in reduced precision is streamed again in fp32 (the nodes
+    carry rows from band to band, so a single band cannot be redone alone)."""
+    h, w = array.shape[:2]
+    s = model.scale
+    peak = float(np.iinfo(array.dtype).max)
+    rng = model.input_range
+    xs = plan.strips
+    # The first band also covers the network's lag (its receptive field), so that from the second band
+    # on every layer emits exactly one band of rows: blocks of one size, which the heap reuses.
+    tops = [0, *range(plan.rows + plan.margin, h, plan.rows)]
+    spans = list(zip(tops, [*tops[1:], h]))
+    total = (len(xs) - 1) * len(tops)
+    recomputed = 0
+    fp32_node = None
+
+    def stream_strip(nodes, run_dtype: torch.dtype, j: int) -> bool:
+        x0, x1 = xs[j], xs[j + 1]
+        wx0, wx1 = max(0, x0 - plan.margin), min(w, x1 + plan.margin)
+        nodes.reset()
+        row = 0
+        try:
+            for k, (top, bottom) in enumerate([*spans, (None, None)]):
+                if top is None:
+                    # The end: every layer emits the rows it held back. Alone in its step, so that the
+                    # flushed blocks (smaller than a band) reuse freed band memory; see host_memory.
+                    y = nodes.step(None, last=True)
+                else:
+                    part = array[top:bottom, wx0:wx1]
+                    x = torch.from_numpy(np.ascontiguousarray(part.transpose(2, 0, 1)))[None].to(device)
+                    y = nodes.step(x.to(torch.float32).div_(peak).mul_(rng).to(run_dtype), last=False)
+                if y is not None:
+                    if run_dtype != torch.float32 and not bool(torch.isfinite(y).all()):
+                        return False
+                    y = y[0, :, :, (x0 - wx0) * s : (x1 - wx0) * s].float()
+                    if rng != 1.0:
+                        y = y.div_(rng)
+                    _store(out[row : row + y.shape[1], x0 * s : x1 * s], y, peak)
+                    row += y.shape[1]
+                if progress is not None and top is not None:
+                    progress(j * len(tops) + k + 1, total)
+        finally:
+            nodes.reset()  # drop the rows held for this strip
+        assert row == h * s, (row, h * s)
+        return True
+
+    for j in range(len(xs) - 1):
+        if not stream_strip(node, dtype, j):
+            recomputed += 1
+            if fp32_node is None:
+                fp32_node = stream_node(fp32_model)
+            stream_strip(fp32_node, torch.float32, j)
     return recomputed, total

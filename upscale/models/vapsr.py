@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upscale import streaming
 from upscale.models.base import NetSpec, check_scale, count_blocks, take_overrides
 
 ARCH = "vapsr"
@@ -125,3 +126,30 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
     # conv_first, each block (2 + 6 for the dilated conv), conv_body, then the LR-side upsampler convs
     receptive_field = 1 + 8 * num_block + 1 + 2
     return NetSpec(net=net, scale=scale, config={"scale": scale, **config}, receptive_field=receptive_field)
+
+
+def stream(net: VapSR) -> streaming.Node:
+    """The same forward as VapSR.forward, as row-streaming nodes (see upscale.streaming)."""
+    from upscale.streaming import Conv, Identity, Join, Map, Seq, residual
+
+    def block(b: VAB) -> streaming.Node:
+        norm = b.pixel_norm
+        attention = Join(
+            Identity(),
+            Seq(Map(b.atten_branch.pointwise), Conv(b.atten_branch.depthwise), Conv(b.atten_branch.depthwise_dilated)),
+            lambda u, a: a.mul_(u),
+        )
+        return Seq(
+            residual(Seq(Map(b.proj_1), Map(b.activation), attention, Map(b.proj_2))),
+            Map(lambda y: F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm.weight, norm.bias, norm.eps)
+                .permute(0, 3, 1, 2)),
+        )
+
+    up = [Conv(m) if isinstance(m, nn.Conv2d) else Map(m) for m in net.upsampler]
+    return Seq(
+        Map(lambda x: x.contiguous(memory_format=torch.channels_last)),
+        Conv(net.conv_first),
+        residual(Seq(*[block(b) for b in net.body], Conv(net.conv_body))),
+        *up,
+        Map(lambda y: y.contiguous()),
+    )
