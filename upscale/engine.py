@@ -124,10 +124,10 @@ def select_precision(precision: str | None, device: torch.device | str, model: t
 # ---- conversions ----------------------------------------------------------------------------------
 
 
-def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """H×W×C integer array → 1×C×H×W float32 in 0..1."""
-    peak = float(np.iinfo(array.dtype).max)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div_(peak).unsqueeze(0)
+def to_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """H×W×C integer array → 1×C×H×W float32 in 0..1 on `device` (the integers cross, not floats)."""
+    x = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
+    return x.to(torch.float32).div_(float(np.iinfo(array.dtype).max))
 
 
 def to_array(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
@@ -518,8 +518,7 @@ def _run_tiles(
     row_weights = [ramp_weights(ys[i], ys[i + 1], h, feather, s) for i in range(len(ys) - 1)]
 
     def forward(window_u8: np.ndarray) -> tuple[torch.Tensor, bool]:
-        x = torch.from_numpy(np.ascontiguousarray(window_u8.transpose(2, 0, 1)))[None].to(device)
-        x = x.to(torch.float32).div_(peak)
+        x = to_tensor(window_u8, device)
         y = model(x.to(dtype))
         if dtype != torch.float32 and not bool(torch.isfinite(y).all()):
             return fp32_model(x).float(), True
@@ -647,9 +646,8 @@ def _run_stream(
                     # flushed blocks (smaller than a band) reuse freed band memory; see host_memory.
                     y = nodes.step(None, last=True)
                 else:
-                    part = array[top:bottom, wx0:wx1]
-                    x = torch.from_numpy(np.ascontiguousarray(part.transpose(2, 0, 1)))[None].to(device)
-                    y = nodes.step(x.to(torch.float32).div_(peak).mul_(rng).to(run_dtype), last=False)
+                    x = to_tensor(array[top:bottom, wx0:wx1], device).mul_(rng)  # what SRModel feeds the net
+                    y = nodes.step(x.to(run_dtype), last=False)
                 if y is not None:
                     if run_dtype != torch.float32 and not bool(torch.isfinite(y).all()):
                         return False

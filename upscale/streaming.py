@@ -8,9 +8,9 @@ whole-image pass would, r rows later; the zero rows of the whole image's padding
 start and at the end. Per-pixel layers (1×1 convolutions, activations, LayerNorm, pixel shuffle,
 nearest upsampling) need no state. Where two paths meet (residuals, attention products), the rows
 of the faster path wait in a queue until the slower one has produced them. Per-pixel functions must
-not write into their input (a queue may hold it); a join's combine may write into its second input. The result equals the
-whole-image forward to float rounding, at the cost of a few row copies; memory is the band plus
-2r rows per layer of the full width.
+not write into their input (a queue may hold it); a join's combine may write into its second input.
+The result equals the whole-image forward to float rounding, at the cost of a few row copies;
+memory is the band plus 2r rows per layer of the full width.
 
 A family makes its network streamable by describing it with these nodes (`stream(net) -> Node`).
 Every node takes N×C×rows×W tensors and returns the rows it can now emit (possibly none);

@@ -46,11 +46,12 @@ class VAB(nn.Module):
         self.pixel_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))).add_(x)
-        # LayerNorm over channels: on channels-last storage the permutes are views, not copies.
-        return F.layer_norm(
-            y.permute(0, 2, 3, 1), y.shape[1:2], self.pixel_norm.weight, self.pixel_norm.bias, self.pixel_norm.eps
-        ).permute(0, 3, 1, 2)
+        return self.norm(self.proj_2(self.atten_branch(self.activation(self.proj_1(x)))).add_(x))
+
+    def norm(self, y: torch.Tensor) -> torch.Tensor:
+        """LayerNorm over channels: on channels-last storage the permutes are views, not copies."""
+        n = self.pixel_norm
+        return F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], n.weight, n.bias, n.eps).permute(0, 3, 1, 2)
 
 
 class VapSR(nn.Module):
@@ -133,7 +134,6 @@ def stream(net: VapSR) -> streaming.Node:
     from upscale.streaming import Conv, Identity, Join, Map, Seq, residual
 
     def block(b: VAB) -> streaming.Node:
-        norm = b.pixel_norm
         attention = Join(
             Identity(),
             Seq(Map(b.atten_branch.pointwise), Conv(b.atten_branch.depthwise), Conv(b.atten_branch.depthwise_dilated)),
@@ -141,8 +141,7 @@ def stream(net: VapSR) -> streaming.Node:
         )
         return Seq(
             residual(Seq(Map(b.proj_1), Map(b.activation), attention, Map(b.proj_2))),
-            Map(lambda y: F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm.weight, norm.bias, norm.eps)
-                .permute(0, 3, 1, 2)),
+            Map(b.norm),
         )
 
     up = [Conv(m) if isinstance(m, nn.Conv2d) else Map(m) for m in net.upsampler]
