@@ -81,36 +81,37 @@ def test_too_small_overlap_is_not_exact(vapsr):
 
 @pytest.mark.parametrize(("shape", "tile"), [((45, 61), 16), ((33, 29), 7), ((1, 1), 1), ((1, 37), 5)])
 def test_a2n_random_weights_tiled_equals_whole(a2n, shape, tile):
-    # The gates come from the whole-image pre-pass (a2n.prepare_tiles), then tiles are exact.
+    # Tiled A2N runs in passes (a2n.run_in_passes) with the whole image's gates: exact.
     img = image(*shape, seed=3)
     assert_close_8bit(upscale_array(a2n, img, tile=0), upscale_array(a2n, img, tile=tile))
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_a2n_frozen_receptive_field_is_enough(scale):
-    """Frozen gates, tiles with just the computed receptive field of context: equal to the whole image."""
+def test_a2n_pass_halos_are_enough_and_needed(scale, monkeypatch):
+    """In float64, the passes reproduce the whole-image forward to a 16-bit level; one pixel less of
+    context in the last pass, or in the block passes, is visible (so the first check can fail)."""
     torch.manual_seed(scale)
     net = A2N(scale, nf=8, unf=8, nb=2, reduction_feat=4)
     for p in net.parameters():  # larger weights than the default init, so every pixel of context matters
         p.data.mul_(3)
-    model = from_state_dict(net.state_dict(), scale=scale, input_range=1.0)
-    img = image(40, 44, seed=scale)
-    freeze = a2n_family.prepare_tiles(model, img, torch.device("cpu"), torch.float32, 9)
-    frozen = freeze(model)
-    rf = frozen.receptive_field
-    assert rf == a2n_family.frozen_receptive_field(model.net)
-    x = engine.to_tensor(img)
-    whole = frozen(x)
-    for y0, x0 in [(18, 20), (16, 21)]:
-        a, c = y0 - rf, x0 - rf
-        crop = frozen(x[..., a : y0 + 4 + rf, c : x0 + 4 + rf])
-        inner = crop[..., rf * scale : (rf + 4) * scale, rf * scale : (rf + 4) * scale]
-        torch.testing.assert_close(inner, whole[..., y0 * scale : (y0 + 4) * scale, x0 * scale : (x0 + 4) * scale])
-    # one pixel less context is visible, so the check above can fail
-    a, c = 18 - (rf - 1), 20 - (rf - 1)
-    crop = frozen(x[..., a : 22 + rf - 1, c : 24 + rf - 1])
-    inner = crop[..., (rf - 1) * scale : (rf + 3) * scale, (rf - 1) * scale : (rf + 3) * scale]
-    assert (inner - whole[..., 18 * scale : 22 * scale, 20 * scale : 24 * scale]).abs().max() > 1e-4
+    model = from_state_dict(net.state_dict(), scale=scale, input_range=1.0).double()
+    img = image(40, 44, seed=scale, dtype=np.uint16)
+    with torch.inference_mode():
+        whole = engine.to_array(model(engine.to_tensor(img).double()), np.uint16)
+
+    def passes() -> np.ndarray:
+        out = np.empty_like(whole)
+        with torch.inference_mode():
+            a2n_family.run_in_passes(model, model, img, out, torch.device("cpu"), torch.float64, 9, None)
+        return np.abs(out.astype(int) - whole.astype(int)).max()
+
+    assert passes() <= 1
+    halo = a2n_family.tail_halo(model.net)
+    monkeypatch.setattr(a2n_family, "tail_halo", lambda net: halo - 1)
+    assert passes() > 100
+    monkeypatch.undo()
+    monkeypatch.setattr(a2n_family, "BLOCK_HALO", a2n_family.BLOCK_HALO - 1)
+    assert passes() > 100
 
 
 @pytest.fixture(scope="module")
@@ -138,57 +139,58 @@ def test_a2n_official_tiles_equal_whole(a2n_official, butterfly, tile):
     assert_close_8bit(whole, upscale_array(a2n_official, butterfly, tile=tile))
 
 
-def test_a2n_official_tiles_without_the_pre_pass_differ(a2n_official, butterfly, monkeypatch):
-    """Why the pre-pass exists: tiles pooling their own gates are visibly off with the official weights."""
+def test_a2n_official_tiles_without_the_passes_differ(a2n_official, butterfly, monkeypatch):
+    """Why the passes exist: overlapping tiles pooling their own gates are visibly off with the official
+    weights."""
     whole = upscale_array(a2n_official, butterfly, tile=0)
-    monkeypatch.setattr(engine, "tile_pre_pass", lambda model: None)
+    monkeypatch.setattr(engine, "tile_passes", lambda model: None)
     d = np.abs(whole.astype(int) - upscale_array(a2n_official, butterfly, tile=24).astype(int))
     assert d.max() > 1 and (d > 0).mean() > 0.01
 
 
-def test_a2n_pre_pass_runs_only_when_tiling(a2n, monkeypatch):
+def test_a2n_passes_run_only_when_tiling(a2n, monkeypatch):
     calls = []
-    real = a2n_family.prepare_tiles
+    real = a2n_family.run_in_passes
 
     def spy(*args):
-        calls.append(args[-1])
+        calls.append(args[-2])  # the tile side
         return real(*args)
 
-    monkeypatch.setattr(a2n_family, "prepare_tiles", spy)
+    monkeypatch.setattr(a2n_family, "run_in_passes", spy)
     img = image(40, 50, seed=5)
     whole = upscale_array(a2n, img, tile=0)
     upscale_array(a2n, img)  # auto: fits, one tile
     upscale_array(a2n, img, tile=60)  # a tile as large as the image is the whole image
     assert calls == []
-    tiled = upscale_array(a2n, img, tile=16)
-    assert len(calls) == 1
-    assert_close_8bit(whole, tiled)
-    # the caller's model is not changed by the frozen gates: whole-image runs still pool their own
-    assert not isinstance(a2n.net, a2n_family._FrozenGates)
-    np.testing.assert_array_equal(whole, upscale_array(a2n, img, tile=0))
+    steps = []
+    tiled = upscale_array(a2n, img, tile=16, tile_overlap=8, progress=lambda d, t: steps.append((d, t)))
+    assert calls == [16]
+    assert_close_8bit(whole, tiled)  # the passes need no overlap: a given one changes nothing
+    # 3×4 tiles in each of 4 passes (conv_first, two blocks, the last block onwards)
+    assert steps == [(i, 48) for i in range(1, 49)]
 
 
-def test_a2n_tiles_in_reduced_precision_recompute_with_the_same_gates(a2n, monkeypatch):
-    """bf16 tiles with the frozen gates; a NaN tile is recomputed by the fp32 twin, frozen alike."""
-    real = a2n_family._FrozenGates.forward
+def test_a2n_passes_recompute_a_non_finite_tile_in_fp32(a2n, monkeypatch):
+    """bf16 passes; a NaN in the second tile of the last pass is recomputed by the fp32 twin."""
+    real = A2N.reconstruct
     calls = []
 
-    def faulty(self, x):
-        y = real(self, x)
-        if x.dtype != torch.float32:
-            calls.append(self.gates)
-            if len(calls) == 2:
-                y = y.clone()
-                y[..., 0, 0] = float("nan")
+    def faulty(self, fea, x):
+        y = real(self, fea, x)
+        calls.append(y.dtype)
+        if y.dtype != torch.float32 and len(calls) == 2:
+            y = y.clone()
+            y[..., 0, 0] = float("nan")
         return y
 
-    monkeypatch.setattr(a2n_family._FrozenGates, "forward", faulty)
+    monkeypatch.setattr(A2N, "reconstruct", faulty)
     img = image(30, 30, seed=6)
-    with pytest.warns(engine.NonFiniteWarning, match="1 of 4 tiles .* bf16"):
+    with pytest.warns(engine.NonFiniteWarning, match="1 of 16 tiles .* bf16"):
         out = upscale_array(a2n, img, precision="bf16", tile=15)
-    assert len(calls) == 4
+    assert calls == [torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
+    monkeypatch.undo()
     reference = upscale_array(a2n, img, tile=0)
-    assert_second_tile_is_fp32(out, reference, scale=2)
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 8
 
 
 def test_auto_runs_the_whole_image_when_it_fits(a2n):

@@ -11,9 +11,10 @@ side. Each tile's network input is its core plus `overlap` pixels of context on 
 at the image edges, grown where it can to the model's `pad_multiple`). The blend ramp is centred on
 each core boundary and `feather` pixels wide on either side of it; the tile's output is used only
 where it has at least `overlap - feather` pixels of context. For a model with a finite receptive
-field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result. A model
-whose output depends on statistics of the whole image (A2N's pooled gates) is first given them by its
-family's pre-pass (`tile_pre_pass`), when and only when the image is tiled.
+field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result.
+
+A family whose output depends on statistics of the whole image (A2N's pooled gates) runs tiled images
+its own way (`tile_passes`): one layer at a time over the whole image, exact.
 
 Families that describe their network as row-streaming nodes (VapSR, see upscale.streaming) are not
 cut into overlapping tiles when the image needs tiling: bands of rows flow through the network,
@@ -137,7 +138,7 @@ def to_array(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return out.permute(1, 2, 0).to("cpu").numpy().astype(dtype)
 
 
-def _store(dst: np.ndarray, y: torch.Tensor, peak: float) -> None:
+def store(dst: np.ndarray, y: torch.Tensor, peak: float) -> None:
     """C×H×W float tensor in 0..1 (any device) → dst (H×W×C integers), a few rows at a time."""
     step = max(1, (1 << 22) // max(1, y.shape[1] * y.shape[2]))
     for r in range(0, y.shape[1], step):
@@ -360,20 +361,19 @@ def _prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
     return per_model[key]
 
 
-# ---- global statistics before tiling -------------------------------------------------------------
+# ---- families with runs of their own when tiled ---------------------------------------------------
 
-PrePass = Callable[[torch.nn.Module, np.ndarray, torch.device, torch.dtype, int], Callable[[torch.nn.Module], torch.nn.Module]]
+PassRun = Callable[..., tuple[int, int]]
 
 
-def tile_pre_pass(model: torch.nn.Module) -> PrePass | None:
+def tile_passes(model: torch.nn.Module) -> PassRun | None:
     """A family whose output depends on statistics of the whole image (A2N's pooled gates) may define
-    `prepare_tiles(model, array, device, dtype, side)`: a pass over the image in pieces of about `side`
-    pixels that returns a function freezing those statistics into a model with a finite receptive field,
-    so that its tiles are exact. Called only when the image is tiled; None for the other families.
-    Only a plain SRModel gets one: a wrapper such as SelfEnsemble runs the network on 8 transforms of
-    the image, each with statistics of its own, which one frozen set cannot stand for (its tiles stay
-    approximate, as for HAT and PANet)."""
-    return _family_hook(model, "prepare_tiles")
+    `run_in_passes(model, fp32_model, array, out, device, dtype, side, progress) -> (recomputed, total)`:
+    its tiled run, exact, in tiles of about `side` pixels (see a2n.run_in_passes). Used whenever the
+    image is tiled; None for the other families. Only a plain SRModel gets one: a wrapper such as
+    SelfEnsemble runs the network on 8 transforms of the image, each with statistics of its own (its
+    tiles stay approximate, as for HAT and PANet)."""
+    return _family_hook(model, "run_in_passes")
 
 
 def stream_node(model: torch.nn.Module):
@@ -425,9 +425,11 @@ def upscale_array(
     """Upscale an H×W×3 uint8/uint16 array by `model.scale`; returns the same integer type.
 
     tile: core side in input pixels (0 = the whole image at once; auto: from the device's free memory
-    and the model's cost). tile_overlap: context per side (auto: the receptive field plus the blend
-    ramp where finite, also once a pre-pass has frozen a model's global statistics, else 32). precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile
-    that comes out non-finite in reduced precision is recomputed in fp32, with one warning.
+    and the model's cost). tile_overlap: context per side of overlapping tiles (auto: the receptive
+    field plus the blend ramp where finite, else 32). Tiled VapSR streams rows instead, unless an
+    overlap is given; tiled A2N always runs in exact passes (`tile_passes`), which need none.
+    precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile that comes out non-finite in
+    reduced precision is recomputed in fp32, with one warning.
     On out-of-memory the tile side is halved and the image restarted, down to 32 pixels."""
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 array, got shape {array.shape}")
@@ -449,25 +451,19 @@ def upscale_array(
     fp32_model = _prepare(model, device, torch.float32)
     run_model = _prepare(model, device, dtype)
     out = np.empty((h * model.scale, w * model.scale, 3), dtype=array.dtype)
-    pre_pass = tile_pre_pass(model)
-    freeze = None
+    passes = tile_passes(model)
     shrink = 1  # streaming plans with half the memory budget, less after an out-of-memory error
     while True:
         try:
-            tiled_run, tiled_fp32, tiled_overlap = run_model, fp32_model, overlap
-            if tile_n and pre_pass is not None:  # more than one tile: freeze the global statistics first
-                if freeze is None:
-                    freeze = pre_pass(run_model, array, device, dtype, tile_n + 2 * overlap)
-                tiled_run, tiled_fp32 = freeze(run_model), freeze(fp32_model)
-                if overlap_given is None:
-                    tiled_overlap = default_overlap(tiled_run)
-            node = stream_node(tiled_run) if tile_n and overlap_given is None else None
-            if node is not None:  # exact and without overlap recompute: see upscale.streaming
-                plan = stream_plan(tiled_run, node, h, w, tile_given and tile_n, dtype, memory_budget(device) >> shrink)
-                recomputed, total = _run_stream(tiled_run, tiled_fp32, node, array, out, device, dtype, plan, progress)
+            node = stream_node(run_model) if tile_n and overlap_given is None else None
+            if tile_n and passes is not None:
+                recomputed, total = passes(run_model, fp32_model, array, out, device, dtype, tile_n, progress)
+            elif node is not None:  # exact and without overlap recompute: see upscale.streaming
+                plan = stream_plan(run_model, node, h, w, tile_given and tile_n, dtype, memory_budget(device) >> shrink)
+                recomputed, total = _run_stream(run_model, fp32_model, node, array, out, device, dtype, plan, progress)
             else:
-                tiling = Tiling(tile_n, tiled_overlap, feather_for(tiled_run, tiled_overlap))
-                recomputed, total = _run_tiles(tiled_run, tiled_fp32, array, out, device, dtype, tiling, progress)
+                tiling = Tiling(tile_n, overlap, feather_for(run_model, overlap))
+                recomputed, total = _run_tiles(run_model, fp32_model, array, out, device, dtype, tiling, progress)
             break
         except Exception as exc:  # only out-of-memory is retried
             if not is_oom(exc):
@@ -528,7 +524,7 @@ def _run_tiles(
         wy0, wy1 = window(0, h, h, 0, multiple)
         wx0, wx1 = window(0, w, w, 0, multiple)
         y, again = forward(array[wy0:wy1, wx0:wx1])
-        _store(out, y[0, :, : h * s, : w * s], peak)
+        store(out, y[0, :, : h * s, : w * s], peak)
         if progress is not None:
             progress(1, 1)
         return int(again), 1
@@ -654,7 +650,7 @@ def _run_stream(
                     y = y[0, :, :, (x0 - wx0) * s : (x1 - wx0) * s].float()
                     if rng != 1.0:
                         y = y.div_(rng)
-                    _store(out[row : row + y.shape[1], x0 * s : x1 * s], y, peak)
+                    store(out[row : row + y.shape[1], x0 * s : x1 * s], y, peak)
                     row += y.shape[1]
                 if progress is not None and top is not None:
                     progress(j * len(tops) + k + 1, total)
