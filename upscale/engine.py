@@ -224,9 +224,10 @@ def bytes_per_pixel(model: torch.nn.Module, dtype: torch.dtype = torch.float32) 
     """Working memory of a forward pass per input pixel, estimated from one small probe on the CPU.
 
     Convolutional SR networks hold a few feature maps at once; the estimate is five times the largest
-    module output plus the network output, per input pixel (measured peak resident memory of a 512²
-    forward on the CPU: VapSR ×4 1.2 kB/px, estimate 1.5; A2N ×3 4.5 kB/px, estimate 4.4). Global attention (PANet) adds its own
-    working memory, which panet.attention_bytes models."""
+    module output plus the network output, per input pixel. Measured peak resident memory of a 512²
+    forward on the CPU, freed blocks kept in the process (see host_memory): VapSR ×4 2.3 kB/px against
+    an estimate of 1.4, VapSR-S ×4 1.2 against 1.4, A2N ×4 6.1 against 7.7. Global attention (PANet)
+    adds its own working memory, which panet.attention_bytes models."""
     cached = _bytes_cache.get(model)
     if cached is None:
         side = max(16, getattr(model, "pad_multiple", 1))

@@ -32,7 +32,7 @@ class PA(nn.Module):
         self.conv = nn.Conv2d(nf, nf, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.conv(x))
+        return self.conv(x).sigmoid_().mul_(x)
 
 
 class AttentionBranch(nn.Module):
@@ -44,8 +44,8 @@ class AttentionBranch(nn.Module):
         self.k4 = nn.Conv2d(nf, nf, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = torch.sigmoid(self.k2(F.leaky_relu(self.k1(x), 0.2)))
-        return self.k4(self.k3(x) * mask)
+        mask = self.k2(F.leaky_relu(self.k1(x), 0.2, inplace=True)).sigmoid_()
+        return self.k4(self.k3(x).mul_(mask))
 
 
 class AAB(nn.Module):
@@ -66,7 +66,7 @@ class AAB(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The per-pixel features the gate averages (conv_first is 1×1, so any tiling sums them exactly)."""
-        return F.leaky_relu(self.conv_first(x), 0.2)
+        return F.leaky_relu(self.conv_first(x), 0.2, inplace=True)
 
     def gate(self, mean: torch.Tensor) -> torch.Tensor:
         """N×C pooled mean → N×2 branch weights."""
@@ -81,8 +81,9 @@ class AAB(nn.Module):
         gate = gate.to(y.dtype)
         a = gate[:, 0].view(-1, 1, 1, 1)
         b = gate[:, 1].view(-1, 1, 1, 1)
-        y = F.leaky_relu(self.attention(y) * a + self.non_attention(y) * b, 0.2)
-        return self.conv_last(y) + x
+        # In place wherever a fresh tensor is written: the same arithmetic, fewer live feature maps.
+        mixed = self.attention(y).mul_(a).add_(self.non_attention(y).mul_(b))
+        return self.conv_last(F.leaky_relu(mixed, 0.2, inplace=True)).add_(x)
 
 
 class A2N(nn.Module):
@@ -104,8 +105,8 @@ class A2N(nn.Module):
 
     def _up(self, fea: torch.Tensor, factor: int, upconv: nn.Module, att: nn.Module, hr: nn.Module):
         fea = upconv(F.interpolate(fea, scale_factor=factor, mode="nearest"))
-        fea = F.leaky_relu(att(fea), 0.2)
-        return F.leaky_relu(hr(fea), 0.2)
+        fea = F.leaky_relu(att(fea), 0.2, inplace=True)
+        return F.leaky_relu(hr(fea), 0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last: the CPU convolutions run about 1.5× faster in it. build() stores the weights that way.
@@ -114,7 +115,7 @@ class A2N(nn.Module):
         t = fea
         for block in self.AAB_trunk:
             t = block(t)
-        return self.reconstruct(fea + self.trunk_conv(t), x).contiguous()
+        return self.reconstruct(self.trunk_conv(t).add_(fea), x).contiguous()
 
     def reconstruct(self, fea: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """LR features after the trunk's residual, and the input → the output (upsampling, bilinear skip)."""
@@ -124,7 +125,7 @@ class A2N(nn.Module):
         else:
             fea = self._up(fea, self.scale, self.upconv1, self.att1, self.HRconv1)
         skip = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.conv_last(fea) + skip
+        return self.conv_last(fea).add_(skip)
 
 
 # ---- tiled runs: the whole image's gates, layer by layer ------------------------------------------
@@ -186,8 +187,12 @@ def run_in_passes(
         x = to_tensor(array[a:b, c:d], device).mul_(rng)  # what SRModel feeds the net
         return x.contiguous(memory_format=torch.channels_last)
 
-    def features(src: np.ndarray) -> Callable[[int, int, int, int], torch.Tensor]:
-        return lambda a, b, c, d: torch.from_numpy(np.ascontiguousarray(src[a:b, c:d])).permute(2, 0, 1)[None].to(device)
+    def features(src: torch.Tensor) -> Callable[[int, int, int, int], torch.Tensor]:
+        def read(a: int, b: int, c: int, d: int) -> torch.Tensor:
+            window = src[a:b, c:d].permute(2, 0, 1)[None]  # a channels-last view, not contiguous
+            return window.to(device).contiguous(memory_format=torch.channels_last)
+
+        return read
 
     def tiled(halo: int, factor: int, layer: Callable[[A2N, torch.dtype, tuple[int, int, int, int]], torch.Tensor],
               keep: Callable[[torch.Tensor, int, int, int, int], None]) -> None:
@@ -206,9 +211,9 @@ def run_in_passes(
             if progress is not None:
                 progress(done, total)
 
-    def into(dst: np.ndarray, pool: AAB) -> Callable[[torch.Tensor, int, int, int, int], None]:
+    def into(dst: torch.Tensor, pool: AAB) -> Callable[[torch.Tensor, int, int, int, int], None]:
         def keep(core: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
-            dst[y0:y1, x0:x1] = core[0].permute(1, 2, 0).float().cpu().numpy()
+            dst[y0:y1, x0:x1].copy_(core[0].permute(1, 2, 0))  # torch's copy: parallel, unlike numpy's
             sums.add_(pool.pooled(core.to(dtype)).float().sum(dim=(0, 2, 3)).double().cpu())
 
         return keep
@@ -219,8 +224,8 @@ def run_in_passes(
         return torch.softmax(logits / block.temperature, dim=1)
 
     nf = net.conv_first.out_channels
-    cur = np.empty((h, w, nf), dtype=np.float32)
-    nxt = np.empty_like(cur)
+    cur = torch.empty((h, w, nf), dtype=torch.float32)  # host memory, whatever the device
+    nxt = torch.empty_like(cur)
     sums = torch.zeros(nf, dtype=torch.float64)
     tiled(1, 1, lambda n, dt, win: n.conv_first(image(*win).to(dt)), into(cur, net.AAB_trunk[0]))
     for k in range(nb - 1):
@@ -236,7 +241,7 @@ def run_in_passes(
     def last(n: A2N, dt: torch.dtype, win: tuple[int, int, int, int]) -> torch.Tensor:
         x = image(*win).to(dt)
         t = n.AAB_trunk[-1](read(*win).to(dt), gate)
-        return n.reconstruct(n.conv_first(x) + n.trunk_conv(t), x)
+        return n.reconstruct(n.trunk_conv(t).add_(n.conv_first(x)), x)
 
     def store_output(core: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
         y = core[0].float()
