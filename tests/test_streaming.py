@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -76,6 +77,42 @@ def test_joins_and_convs_in_any_band_split():
         for sizes in ([1] * 31, [3, 7, 2], [31], [15, 1]):
             got = streaming.run(graph(), bands_of(x, sizes))
             assert (got - expected).abs().max().item() < 1e-5, sizes
+
+
+def test_the_end_of_a_deep_chain_costs_calls_linear_in_its_depth(monkeypatch):
+    """At the end every conv emits its held-back rows as a small piece; joined with the pieces before
+    it, the nodes after it run on one or two pieces, not on one per node above (quadratic)."""
+    torch.manual_seed(4)
+    convs = [nn.Conv2d(2, 2, 3, padding=1) for _ in range(30)]
+    x = torch.rand(1, 2, 40, 6)
+    with torch.inference_mode():
+        expected = x
+        for c in convs:
+            expected = c(expected)
+        calls = []
+        real = F.conv2d
+        monkeypatch.setattr(streaming.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+        got = streaming.run(streaming.Seq(*[streaming.Conv(c) for c in convs]), bands_of(x, [20, 20]))
+    assert (got - expected).abs().max().item() < 1e-5
+    assert len(calls) <= 5 * len(convs)  # 2 bands and the end: 2 + about 2 per conv (was 30·31/2 at the end)
+
+
+def test_regroup_joins_neighbours_up_to_a_size():
+    pieces = [torch.full((1, 1, n, 2), float(i)) for i, n in enumerate([3, 2, 5, 1, 1, 7])]
+    groups = streaming._regroup(pieces, 5)
+    assert [g.shape[2] for g in groups] == [5, 5, 2, 7]
+    torch.testing.assert_close(torch.cat(groups, dim=2), torch.cat(pieces, dim=2))
+
+
+def test_the_rows_held_are_measured_once_per_model(vapsr, monkeypatch):
+    monkeypatch.setattr(engine, "_held_cache", weakref.WeakKeyDictionary())  # whatever other tests measured
+    calls = []
+    real = streaming.held_per_column
+    monkeypatch.setattr(streaming, "held_per_column", lambda *a, **k: calls.append(1) or real(*a, **k))
+    img = np.random.default_rng(2).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    first = upscale_array(vapsr, img, tile=10)
+    np.testing.assert_array_equal(first, upscale_array(vapsr, img, tile=12))
+    assert len(calls) == 1
 
 
 def test_rows_held_between_bands_are_bounded():

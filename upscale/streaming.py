@@ -116,8 +116,11 @@ def _zero_rows(like: torch.Tensor, r: int) -> torch.Tensor:
 class Seq(Node):
     def __init__(self, *nodes: Node):
         self.nodes = nodes
+        self.widest = 1  # the most rows one step has brought in
 
     def step(self, x: Rows, last: bool) -> Rows:
+        if x is not None:
+            self.widest = max(self.widest, x.shape[2])
         if not last:
             for node in self.nodes:
                 x = node.step(x, False)
@@ -127,19 +130,36 @@ class Seq(Node):
         # The end: each node gets its last rows, then is flushed on its own. Its flush emits only the
         # few rows it held back, which then travel on as ordinary rows; flushing everything in one
         # call would give every layer a block a little larger than the last one's (no heap reuse).
+        # Adjacent pieces are joined up to the widest step seen (blocks the heap has already had), or
+        # every node would add a piece and the nodes after it run once per piece (quadratic calls).
         pieces = [] if x is None else [x]
         for node in self.nodes:
             out = [node.step(p, False) for p in pieces]
             out.append(node.step(None, True))
-            pieces = [p for p in out if p is not None and p.shape[2]]
+            pieces = _regroup([p for p in out if p is not None and p.shape[2]], self.widest)
         return torch.cat(pieces, dim=2) if len(pieces) > 1 else (pieces[0] if pieces else None)
 
     def reset(self) -> None:
+        self.widest = 1
         for node in self.nodes:
             node.reset()
 
     def held(self) -> list[torch.Tensor]:
         return [t for node in self.nodes for t in node.held()]
+
+
+def _regroup(pieces: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+    """Consecutive pieces of rows joined into as few as possible of at most `rows` rows each (a piece
+    already longer stays as it is)."""
+    groups: list[list[torch.Tensor]] = []
+    count = rows  # rows in the open group: full, so the first piece opens a new one
+    for p in pieces:
+        if count + p.shape[2] > rows:
+            groups.append([])
+            count = 0
+        groups[-1].append(p)
+        count += p.shape[2]
+    return [g[0] if len(g) == 1 else torch.cat(g, dim=2) for g in groups]
 
 
 class Identity(Node):
