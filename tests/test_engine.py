@@ -330,7 +330,7 @@ def test_missing_device_is_reported():
 
 
 def test_a2n_tiles_keep_the_self_ensemble(a2n):
-    """The gate pre-pass must not replace a SelfEnsemble by the plain network it wraps (--tta)."""
+    """The A2N passes must not replace a SelfEnsemble by the plain network it wraps (--tta)."""
     from upscale.ensemble import SelfEnsemble
 
     img = image(40, 50, seed=7)

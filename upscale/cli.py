@@ -167,7 +167,8 @@ def run(
     ] = "auto",
     tile_overlap: Annotated[
         str, typer.Option("--tile-overlap", metavar="N|auto",
-                          help="Context per tile side in input pixels (auto: the model's receptive field, else 32).")
+                          help="Context per tile side in input pixels, for blended tiles (auto: the model's receptive field, else "
+                          "32). VapSR streams exact bands unless this is given; tiled A2N is exact and ignores it.")
     ] = "auto",
     tta: Annotated[
         bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
