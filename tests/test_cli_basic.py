@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_on_a_terminal
 from conftest import random_state_dict
 from PIL import Image
 
@@ -31,6 +31,18 @@ def test_one_image_default_output(photo, vapsr_weights):
     out = photo.with_name("photo_x4.png")
     assert Image.open(out).size == (17 * 4, 12 * 4)
     assert proc.stdout == b""  # stdout carries only data
+
+
+def test_on_a_terminal_the_progress_bars_are_drawn(photo, vapsr_weights, tmp_path):
+    """An interactive shell: stderr is a terminal, so rich draws the bars (it enters the console as a
+    context manager; a lazy proxy in its place once made every such run fail)."""
+    out = tmp_path / "big.png"
+    code, text = run_cli_on_a_terminal(photo, "--weights", vapsr_weights, "-o", out, "--tile", "8")
+    assert code == 0, text
+    assert "Error" not in text and "Traceback" not in text, text
+    assert "━" in text, text  # a bar was drawn
+    assert "photo.png →" in text
+    assert Image.open(out).size == (68, 48)
 
 
 def test_output_option_and_detected_architecture(photo, vapsr_weights, tmp_path):

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, run_cli_on_a_terminal
 from PIL import Image
 
 from upscale import metrics
@@ -224,6 +224,17 @@ def test_evaluate_scores_every_image_including_a_grayscale_one(tmp_path):
         assert s.psnr == pytest.approx(metrics.psnr_y(sr, hr, 2), abs=1e-12)
         assert s.ssim == pytest.approx(metrics.ssim_y(sr, hr, 2), abs=1e-12)
     assert result.psnr == pytest.approx(np.mean([s.psnr for s in result.images]))
+
+
+def test_eval_command_on_a_terminal(tmp_path):
+    """The eval progress bar is drawn on an interactive terminal (the console itself reaches rich)."""
+    sd, _ = _tiny_vapsr()
+    torch.save(sd, tmp_path / "tiny.pth")
+    ds = _dataset(tmp_path / "Tiny", 2)
+    code, text = run_cli_on_a_terminal("eval", ds, "--weights", tmp_path / "tiny.pth", "--device", "cpu", "-s", "2")
+    assert code == 0, text
+    assert "Traceback" not in text and "Error" not in text, text
+    assert "━" in text and "2/2" in text, text  # the bar, with both images done (the table is on stdout)
 
 
 def test_eval_command_rejects_a_folder_that_is_not_a_dataset(tmp_path):

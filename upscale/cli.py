@@ -23,16 +23,21 @@ if TYPE_CHECKING:  # imported when used: `upscale --help` must start fast
 
 
 class _Stderr:
-    """The rich console on stderr, created on first use (importing rich costs ~0.1 s of startup)."""
+    """The rich console on stderr, created on first use (importing rich costs ~0.1 s of startup).
+    Attribute access is forwarded; where rich needs the Console itself (Progress, which enters it as a
+    context manager: special methods are not forwarded), pass `err.console()`."""
 
     _console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def console(self) -> Console:
         if _Stderr._console is None:
             from rich.console import Console
 
             _Stderr._console = Console(stderr=True)
-        return getattr(_Stderr._console, name)
+        return _Stderr._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console(), name)
 
 
 err = _Stderr()
@@ -227,7 +232,7 @@ class Report:
         start = time.perf_counter()
         show_bar = not self.quiet and err.is_terminal
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err, disable=not show_bar, transient=True) as bar:
+        with Progress(*columns, console=err.console(), disable=not show_bar, transient=True) as bar:
             self._bar = bar
             overall = bar.add_task("images", total=count)
             self._task = bar.add_task("", total=None)
@@ -329,7 +334,7 @@ def eval_cmd(
     up = Upscaler(model=model, scale=scale, weights=weights, device=device, tta=self_ensemble, quiet=quiet)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=err, disable=quiet or not err.is_terminal, transient=True) as bar:
+    with Progress(*columns, console=err.console(), disable=quiet or not err.is_terminal, transient=True) as bar:
         task = bar.add_task("eval", total=None)
         results = evaluate.evaluate(up, datasets, save_to=save,
                                     progress=lambda d, t, name: bar.update(task, completed=d, total=t, description=name))
