@@ -270,6 +270,25 @@ def test_out_of_memory_halves_the_tile(vapsr):
     assert seen == [(i, 4) for i in range(1, 5)]  # progress restarted with the smaller tiles and finished
 
 
+def test_out_of_memory_in_the_a2n_passes_halves_the_tile(a2n, monkeypatch):
+    """An allocator failure in a pass: the passes restart with half the tile, and stay exact."""
+    img = image(64, 70, seed=8)
+    whole = upscale_array(a2n, img, tile=0)
+    real = a2n_family.AAB.forward
+    sides = []
+
+    def faulty(self, x, gate=None):
+        sides.append(max(x.shape[-2:]))
+        if sides[-1] > 40:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(self, x, gate)
+
+    monkeypatch.setattr(a2n_family.AAB, "forward", faulty)
+    tiled = upscale_array(a2n, img, tile=64)  # 64-pixel cores plus halos fail; 32-pixel ones fit
+    assert sides[0] > 40 and max(sides[1:]) <= 40
+    assert_close_8bit(whole, tiled)
+
+
 def test_out_of_memory_at_the_floor_gives_a_clear_error(vapsr):
     model = Faulty(vapsr, oom_above=0)
     with pytest.raises(UpscaleError, match="out of memory on cpu even with 32-pixel tiles"):

@@ -456,10 +456,10 @@ def upscale_array(
     shrink = 1  # streaming plans with half the memory budget, less after an out-of-memory error
     while True:
         try:
-            node = stream_node(run_model) if tile_n and overlap_given is None else None
-            if tile_n and passes is not None:
+            if tile_n and passes is not None:  # exact, layer by layer: see a2n.run_in_passes
                 recomputed, total = passes(run_model, fp32_model, array, out, device, dtype, tile_n, progress)
-            elif node is not None:  # exact and without overlap recompute: see upscale.streaming
+            elif tile_n and overlap_given is None and (node := stream_node(run_model)) is not None:
+                # exact and without overlap recompute: see upscale.streaming
                 plan = stream_plan(run_model, node, h, w, tile_given and tile_n, dtype, memory_budget(device) >> shrink)
                 recomputed, total = _run_stream(run_model, fp32_model, node, array, out, device, dtype, plan, progress)
             else:

@@ -134,7 +134,7 @@ class A2N(nn.Module):
 def tail_halo(net: A2N) -> int:
     """LR pixels of context per side for the last pass (last block onwards): the block (k3 then k4: 2),
     trunk_conv (1), then the HR convolutions after each nearest upsampling (ceil of their HR reach over
-    the factor, innermost stage first), at least 1 for the bilinear skip. conv_first's path is shorter."""
+    the factor, from the last stage back), at least 1 for the bilinear skip. conv_first's path is shorter."""
     stages = [(2, 2), (2, 3)] if net.scale == 4 else [(net.scale, 3)]  # (factor, 3×3 convs after it)
     up = 0
     for factor, convs in reversed(stages):
