@@ -164,8 +164,8 @@ def run_in_passes(
     whole image has passed the blocks before it. conv_first inside each block is 1×1, so the pooled
     mean is a sum over any tiling. So the trunk runs one layer at a time over the whole image, in tiles
     with just the layer's reach of context, through a float32 host copy of the 40-channel LR features
-    (two buffers, 320 bytes per LR pixel), each pass summing the next block's pooled features; the last
-    pass runs the last block, the trunk residual (conv_first recomputed: cheaper than a third buffer) and
+    (160 bytes per LR pixel, updated in place), each pass summing the next block's pooled features; the last
+    pass runs the last block, the trunk residual (conv_first recomputed: cheaper than a second buffer) and
     the upsampling, and stores the output. Every layer's pixels are computed about once (plus the halos),
     where overlapping tiles would recompute the 36-pixel receptive field. Means and gates are taken in
     float32. A tile that comes out non-finite in reduced precision is recomputed in float32."""
@@ -182,17 +182,14 @@ def run_in_passes(
     total = (nb + 1) * len(cores)
     done = recomputed = 0
 
-    # Everything channels-last, as A2N.forward runs: the host buffers are H×W×C.
+    # Everything channels-last, as A2N.forward runs: the host features are H×W×C.
     def image(a: int, b: int, c: int, d: int) -> torch.Tensor:
         x = to_tensor(array[a:b, c:d], device).mul_(rng)  # what SRModel feeds the net
         return x.contiguous(memory_format=torch.channels_last)
 
-    def features(src: torch.Tensor) -> Callable[[int, int, int, int], torch.Tensor]:
-        def read(a: int, b: int, c: int, d: int) -> torch.Tensor:
-            window = src[a:b, c:d].permute(2, 0, 1)[None]  # a channels-last view, not contiguous
-            return window.to(device).contiguous(memory_format=torch.channels_last)
-
-        return read
+    def read(a: int, b: int, c: int, d: int) -> torch.Tensor:
+        window = feats[a:b, c:d].permute(2, 0, 1)[None]  # a channels-last view
+        return window.to(device).contiguous(memory_format=torch.channels_last)
 
     def tiled(halo: int, factor: int, layer: Callable[[A2N, torch.dtype, tuple[int, int, int, int]], torch.Tensor],
               keep: Callable[[torch.Tensor, int, int, int, int], None]) -> None:
@@ -211,12 +208,26 @@ def run_in_passes(
             if progress is not None:
                 progress(done, total)
 
-    def into(dst: torch.Tensor, pool: AAB) -> Callable[[torch.Tensor, int, int, int, int], None]:
-        def keep(core: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
-            dst[y0:y1, x0:x1].copy_(core[0].permute(1, 2, 0))  # torch's copy: parallel, unlike numpy's
-            sums.add_(pool.pooled(core.to(dtype)).float().sum(dim=(0, 2, 3)).double().cpu())
+    def features_pass(halo: int, layer: Callable[[A2N, torch.dtype, tuple[int, int, int, int]], torch.Tensor],
+                      pool: AAB) -> None:
+        """Run `layer` over every tile, replacing the features in `feats` by its output in place, and sum
+        pool.pooled over the output (the next gate's mean). The windows read `halo` rows of the tile rows
+        around them, so a tile row's output waits until no later window reaches its rows."""
+        waiting: list[tuple[torch.Tensor, int, int, int, int]] = []
 
-        return keep
+        def write_back(upto: int) -> None:
+            while waiting and waiting[0][2] <= upto:
+                core, y0, y1, x0, x1 = waiting.pop(0)
+                feats[y0:y1, x0:x1].copy_(core)  # torch's copy: parallel, unlike numpy's
+
+        def keep(core: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
+            write_back(y0 - halo)  # the windows from this tile on start at y0 - halo or below
+            sums.add_(pool.pooled(core.to(dtype)).float().sum(dim=(0, 2, 3)).double().cpu())
+            waiting.append((core[0].permute(1, 2, 0).to("cpu"), y0, y1, x0, x1))
+
+        sums.zero_()
+        tiled(halo, 1, layer, keep)
+        write_back(h)
 
     def gate_fp32(block: AAB) -> torch.Tensor:
         params = {k: v.float() for k, v in block.ADM.state_dict().items()}
@@ -224,19 +235,14 @@ def run_in_passes(
         return torch.softmax(logits / block.temperature, dim=1)
 
     nf = net.conv_first.out_channels
-    cur = torch.empty((h, w, nf), dtype=torch.float32)  # host memory, whatever the device
-    nxt = torch.empty_like(cur)
+    feats = torch.empty((h, w, nf), dtype=torch.float32)  # host memory, whatever the device
     sums = torch.zeros(nf, dtype=torch.float64)
-    tiled(1, 1, lambda n, dt, win: n.conv_first(image(*win).to(dt)), into(cur, net.AAB_trunk[0]))
+    features_pass(1, lambda n, dt, win: n.conv_first(image(*win).to(dt)), net.AAB_trunk[0])
     for k in range(nb - 1):
         gate = gate_fp32(net.AAB_trunk[k])
-        sums.zero_()
-        read = features(cur)
-        tiled(BLOCK_HALO, 1, lambda n, dt, win, k=k, gate=gate, read=read: n.AAB_trunk[k](read(*win).to(dt), gate),
-              into(nxt, net.AAB_trunk[k + 1]))
-        cur, nxt = nxt, cur
-    del nxt
-    gate, read = gate_fp32(net.AAB_trunk[-1]), features(cur)
+        features_pass(BLOCK_HALO, lambda n, dt, win, k=k, gate=gate: n.AAB_trunk[k](read(*win).to(dt), gate),
+                      net.AAB_trunk[k + 1])
+    gate = gate_fp32(net.AAB_trunk[-1])
 
     def last(n: A2N, dt: torch.dtype, win: tuple[int, int, int, int]) -> torch.Tensor:
         x = image(*win).to(dt)
