@@ -168,6 +168,8 @@ def test_a2n_passes_run_only_when_tiling(a2n, monkeypatch):
     assert_close_8bit(whole, tiled)  # the passes need no overlap: a given one changes nothing
     # 3×4 tiles in each of 4 passes (conv_first, two blocks, the last block onwards)
     assert steps == [(i, 48) for i in range(1, 49)]
+    # the passes leave the caller's model as it was: whole-image runs still pool their own gates
+    np.testing.assert_array_equal(whole, upscale_array(a2n, img, tile=0))
 
 
 def test_a2n_passes_recompute_a_non_finite_tile_in_fp32(a2n, monkeypatch):
