@@ -12,9 +12,7 @@ and is renamed into place, so an interrupted run never leaves a truncated image 
 from __future__ import annotations
 
 import io
-import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from upscale import atomic
 from upscale.errors import UpscaleError
 
 # Files a folder walk takes as images (anything else, e.g. .DS_Store or Thumbs.db, is left alone).
@@ -331,34 +330,17 @@ def write_bytes(data: bytes, path: str | Path) -> Path:
     if not folder.is_dir():
         raise UpscaleError(f"output folder does not exist: {folder}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        atomic.write_atomic(path, data, fsync=True)
     except OSError as exc:
-        raise UpscaleError(f"cannot write into {folder}: {exc.strerror} (choose another output with -o)") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new image gets the usual mode
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is not None and exc.filename2 is None:  # the temporary file could not be created
+            raise UpscaleError(f"cannot write into {folder}: {exc.strerror} (choose another output with -o)") from None
         raise UpscaleError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:  # interrupted: leave nothing behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def with_pixels(picture: Picture, pixels: np.ndarray) -> Picture:
     """The same metadata, new pixels (e.g. after upscaling)."""
     return replace(picture, pixels=pixels)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def from_pil(image: Image.Image) -> Picture:
