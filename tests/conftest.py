@@ -35,7 +35,7 @@ def reference_case(shared):
     """Load ../shared/reference/<name>.pt; returns (case dict, state dict with the weights)."""
     import torch
 
-    from upscale.weights import load_checkpoint
+    from upscale.models.checkpoint import load_checkpoint
 
     def load(name: str):
         case = torch.load(shared / "reference" / f"{name}.pt", weights_only=True)

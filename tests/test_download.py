@@ -15,7 +15,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run_cli
 from hub_server import HubServer
 
-from upscale import download, manifest, weights
+from upscale import cache, download, manifest, weights
 from upscale.errors import UpscaleError
 
 REV = "0123456789abcdef0123456789abcdef01234567"  # a pinned (full) revision
@@ -90,20 +90,20 @@ def sha(path: Path) -> str:
 def test_url_download_then_cached_run_makes_no_request(hub, capsys):
     path = weights.resolve_checkpoint("vapsr", 4)
     v = manifest.resolve("vapsr", 4)
-    assert sha(path) == v.sha256 and path == weights.cache_dir() / "vapsr" / "VapSR_X4.pth"
+    assert sha(path) == v.sha256 and path == cache.cache_dir() / "vapsr" / "VapSR_X4.pth"
     assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]
     assert "verified vapsr x4" in capsys.readouterr().err
     hub.requests.clear()
     assert weights.resolve_checkpoint("vapsr", 4) == path
     assert hub.requests == []
-    assert weights.cached_path(v) == path
+    assert cache.cached_path(v) == path
 
 
 def test_corrupt_download_is_rejected_and_not_kept(hub):
     hub.corrupt.add("files/VapSR_X4.pth")  # same size, wrong bytes
     with pytest.raises(UpscaleError, match=r"sha256 .* not the manifest's .*deleted"):
         weights.resolve_checkpoint("vapsr", 4)
-    assert cache_files(weights.cache_dir()) == []
+    assert cache_files(cache.cache_dir()) == []
     hub.corrupt.clear()
     assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
 
@@ -112,14 +112,14 @@ def test_wrong_size_is_refused_before_the_transfer(hub):
     hub.url_files["VapSR_X4.pth"] = hub.url_files["VapSR_X2.pth"]
     with pytest.raises(UpscaleError, match="offers 2785249 bytes but VapSR_X4.pth should have 2896561"):
         weights.resolve_checkpoint("vapsr", 4)
-    assert cache_files(weights.cache_dir()) == []
+    assert cache_files(cache.cache_dir()) == []
 
 
 def test_cut_off_transfer_leaves_nothing_and_the_next_run_succeeds(hub):
     hub.cut["files/VapSR_X4.pth"] = 99  # every attempt dies half way
     with pytest.raises(UpscaleError, match="failed after 4 attempts"):
         weights.resolve_checkpoint("vapsr", 4)
-    assert cache_files(weights.cache_dir()) == []  # no partial file, no record
+    assert cache_files(cache.cache_dir()) == []  # no partial file, no record
     hub.cut.clear()
     assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
 
@@ -132,12 +132,12 @@ def test_cut_off_transfer_resumes_with_a_range_request(hub):
 
 
 def test_stale_partial_file_is_never_taken(hub):
-    store = weights.cache_dir() / "vapsr"
+    store = cache.cache_dir() / "vapsr"
     store.mkdir(parents=True)
     (store / ".VapSR_X4.pth.1234abcd.part").write_bytes(b"half a file")  # a killed run's leftover
     path = weights.resolve_checkpoint("vapsr", 4)
     assert sha(path) == manifest.resolve("vapsr", 4).sha256
-    assert cache_files(weights.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
+    assert cache_files(cache.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
 
 
 def test_changed_cached_file_is_detected_and_replaced(hub, capsys):
@@ -174,7 +174,7 @@ def test_hub_download_then_cached_run_makes_no_request(hub):
     path = weights.resolve_checkpoint("vapsr-s", 4)
     v = manifest.resolve("vapsr-s", 4)
     assert sha(path) == v.sha256
-    repo = weights.hub_cache_dir() / "models--test--vapsr"
+    repo = cache.hub_cache_dir() / "models--test--vapsr"
     assert path.is_relative_to(repo / "snapshots") and (repo / "blobs" / v.sha256).is_file()
     assert (repo / "refs" / "main").is_file()  # huggingface_hub's own layout
     assert ("HEAD", "hub:/test/vapsr/resolve/main/weights/VapSR-S.pth") in hub.requests
@@ -188,7 +188,7 @@ def test_dataset_repo_with_a_pinned_revision(hub):
     path = weights.resolve_checkpoint("a2n", 2)
     assert sha(path) == manifest.resolve("a2n", 2).sha256
     assert hub.requests[0] == ("HEAD", f"hub:/datasets/test/data/resolve/{REV}/a2n/aan_x2.pt")
-    assert path == weights.hub_cache_dir() / "datasets--test--data" / "snapshots" / REV / "a2n" / "aan_x2.pt"
+    assert path == cache.hub_cache_dir() / "datasets--test--data" / "snapshots" / REV / "a2n" / "aan_x2.pt"
 
 
 def test_second_source_is_used_when_the_first_fails(hub):
@@ -202,8 +202,8 @@ def test_corrupt_hub_file_is_rejected_and_removed(hub):
     hub.corrupt.add("model:test/vapsr/weights/VapSR-S.pth")
     with pytest.raises(UpscaleError, match="sha256 .* not the manifest's"):
         weights.resolve_checkpoint("vapsr-s", 4)
-    leftovers = [f for f in cache_files(weights.cache_dir()) if "/blobs/" in f or "/snapshots/" in f]
-    assert leftovers == [] and weights.cached_path(v) is None
+    leftovers = [f for f in cache_files(cache.cache_dir()) if "/blobs/" in f or "/snapshots/" in f]
+    assert leftovers == [] and cache.cached_path(v) is None
     hub.corrupt.clear()
     assert sha(weights.resolve_checkpoint("vapsr-s", 4)) == v.sha256
 
@@ -217,7 +217,7 @@ def test_hub_transfer_cut_off(hub, monkeypatch):
     hub.cut[key] = 1000
     with pytest.raises(UpscaleError):
         weights.resolve_checkpoint("vapsr-s", 4)
-    assert [f for f in cache_files(weights.cache_dir()) if "/blobs/" in f or f.endswith(".json")] == []
+    assert [f for f in cache_files(cache.cache_dir()) if "/blobs/" in f or f.endswith(".json")] == []
     hub.cut[key] = 1  # once: huggingface_hub resumes it
     assert sha(weights.resolve_checkpoint("vapsr-s", 4)) == v.sha256
 
@@ -244,7 +244,7 @@ def test_offline_with_cached_files(hub, monkeypatch):
     assert weights.resolve_checkpoint("vapsr", 4) == url_path
     assert weights.resolve_checkpoint("vapsr-s", 4, offline=True) == hub_path
     # a Hub file whose record was lost is still found in the Hub cache, and verified
-    (weights.cache_dir() / "vapsr-s" / "VapSR-S.pth.json").unlink()
+    (cache.cache_dir() / "vapsr-s" / "VapSR-S.pth.json").unlink()
     assert weights.resolve_checkpoint("vapsr-s", 4, offline=True) == hub_path
     assert hub.requests == []
 
@@ -292,7 +292,7 @@ def test_register_checks_digest_and_family(hub, shared):
     assert weights.resolve_checkpoint("vapsr", 2, offline=True) == path
     with pytest.raises(UpscaleError):  # no digest known for PANet: a VapSR file is refused by its keys
         weights.register_file("panet", 4, w / "VapSR_X4.pth")
-    assert weights.cached_path(manifest.resolve("panet", 4)) is None
+    assert cache.cached_path(manifest.resolve("panet", 4)) is None
     assert hub.requests == []
 
 
@@ -333,7 +333,7 @@ def test_offline_cli_one_line(hub, tmp_path):
 def test_download_command(hub, shared):
     proc = run_cli("download", "vapsr", "-s", "4", "-q", env=hub.env)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert Path(proc.stdout.decode().strip()) == weights.cache_dir() / "vapsr" / "VapSR_X4.pth"
+    assert Path(proc.stdout.decode().strip()) == cache.cache_dir() / "vapsr" / "VapSR_X4.pth"
     proc = run_cli("download", "vapsr", "-s", "2", "--from", shared / "weights" / "VapSR_X2.pth", env=hub.env)
     assert proc.returncode == 0, proc.stderr.decode()
     assert hub.requests == [("GET", "hub:/files/VapSR_X4.pth")]

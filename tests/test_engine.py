@@ -16,8 +16,8 @@ from upscale.models import SRModel, from_state_dict
 from upscale.models import a2n as a2n_family
 from upscale.models.a2n import A2N
 from upscale.models.base import NetSpec
+from upscale.models.checkpoint import load_checkpoint
 from upscale.models.vapsr import VapSR
-from upscale.weights import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from upscale.errors import UpscaleError
-from upscale.weights import load_checkpoint
+from upscale.models.checkpoint import load_checkpoint
 
 
 @pytest.fixture
