@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from upscale.bench import OFFICIAL_LAYOUTS, best_time, matmul_gflops, model_flops
-from upscale.models import SRModel, from_state_dict
+from upscale.bench import best_time, matmul_gflops, model_flops
+from upscale.models import FAMILIES, SRModel, from_state_dict
 from upscale.models.hat import HAT
 
 SHARED = Path(os.environ.get("UPSCALE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
@@ -34,7 +34,7 @@ SHARED = Path(os.environ.get("UPSCALE_SHARED", Path(__file__).resolve().parent.p
 
 def random_model(variant: str, scale: int) -> SRModel:
     torch.manual_seed(0)
-    sd = HAT(scale, **OFFICIAL_LAYOUTS[variant]).state_dict()
+    sd = HAT(scale, **FAMILIES["hat"].layouts[variant]).state_dict()
     return from_state_dict(sd)
 
 
@@ -128,7 +128,7 @@ def main() -> None:
             print(f"(no {small}: the reference case is skipped)")
         torch.manual_seed(0)
         cases.append(
-            ("hat-s_x4 64×64", HAT(4, **OFFICIAL_LAYOUTS["hat-s"]).state_dict(), torch.rand(1, 3, 64, 64))
+            ("hat-s_x4 64×64", HAT(4, **FAMILIES["hat"].layouts["hat-s"]).state_dict(), torch.rand(1, 3, 64, 64))
         )
         precision(cases)
     print(f"\n({time.perf_counter() - t0:.0f} s)")

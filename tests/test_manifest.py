@@ -7,9 +7,11 @@ import json
 import math
 
 import pytest
+from manifest_schema import FULL_COMMIT, SCHEMA, SHORT_COMMIT
 
 from upscale import manifest
 from upscale.errors import UpscaleError
+from upscale.models import FAMILIES
 
 # The short names the issue asks the CLI to offer, with their scales.
 EXPECTED = {
@@ -41,8 +43,8 @@ def packaged_manifest(monkeypatch):
 def test_validates_against_schema():
     import jsonschema
     data = json.loads(manifest.PACKAGED.read_text())
-    jsonschema.Draft202012Validator.check_schema(manifest.SCHEMA)
-    jsonschema.validate(data, manifest.SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.validate(data, SCHEMA)
 
 
 def test_schema_rejects_mistakes():
@@ -51,11 +53,11 @@ def test_schema_rejects_mistakes():
     bad = json.loads(json.dumps(data))
     bad["models"]["vapsr"]["files"]["4"]["sources"][0] = {"repo_id": "a/b", "filename": "x.pth"}  # no revision
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, manifest.SCHEMA)
+        jsonschema.validate(bad, SCHEMA)
     bad = json.loads(json.dumps(data))
     bad["models"]["vapsr"]["files"]["4"]["sha256"] = "ABC"
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, manifest.SCHEMA)
+        jsonschema.validate(bad, SCHEMA)
 
 
 def test_packaged_manifest_is_the_top_level_file():
@@ -71,7 +73,8 @@ def test_every_name_and_scale_the_cli_offers_resolves():
         for scale in scales:
             v = manifest.resolve(name, scale)
             assert (v.name, v.scale) == (name, scale)
-            assert v.family in manifest.FAMILIES and v.filename and v.license and v.paper and v.parameters
+            assert name in FAMILIES[v.family].layouts  # so `upscale bench` can time it without the file
+            assert v.family in FAMILIES and v.filename and v.license and v.paper and v.parameters
             assert v.sources or "--from" in v.manual_hint()
         assert manifest.resolve(name).scale == manifest.default_scale(name)
 
@@ -88,7 +91,7 @@ def test_revisions_are_full_commits_or_branch_names():
         for s in v.sources:
             if "repo_id" in s:
                 rev = s["revision"]
-                assert manifest.FULL_COMMIT.match(rev) or not manifest.SHORT_COMMIT.match(rev), (v.label, rev)
+                assert FULL_COMMIT.match(rev) or not SHORT_COMMIT.match(rev), (v.label, rev)
                 assert s.get("repo_type", "model") in ("model", "dataset")
             else:
                 assert s["url"].startswith("https://")

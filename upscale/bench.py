@@ -89,24 +89,6 @@ def _cpu_attention_flops() -> dict:
 
 # ---- `upscale bench`: one model forward pass, timed ---------------------------------------------
 
-# The official checkpoints' architectures, so a model can be timed without its file (speed does not
-# depend on the weights' values): the family's network class and the constructor arguments that give
-# the official layout (the authors' configs; None = the class defaults, which are the authors').
-# Built this way, the state dict still goes through `from_state_dict` like a real checkpoint.
-NET_CLASSES = {"vapsr": "VapSR", "a2n": "A2N", "hat": "HAT", "panet": "PAEDSR"}
-OFFICIAL_LAYOUTS: dict[str, dict[str, Any]] = {
-    "vapsr": {},
-    "vapsr-s": {"num_feat": 32, "num_block": 11, "d_atten": 64, "conv_groups": 2},
-    "a2n": {},
-    "a2n-superimage": {},
-    "hat-s": {"embed_dim": 144, "cab_hidden": 6, "ca_hidden": 6, "mlp_hidden": 288},
-    "hat": {},
-    "hat-l": {"depths": (6,) * 12, "num_heads": (6,) * 12},
-    "hat-imagenet": {},
-    "real-hat-gan": {},
-    "real-hat-gan-sharper": {},
-    "panet": {},
-}
 LIGHT_MODELS = ("vapsr", "vapsr-s", "a2n")  # the default on CPU, where HAT and PANet take minutes
 ALL_MODELS = ("vapsr", "vapsr-s", "a2n", "hat-s", "hat", "hat-l", "panet")  # one of each architecture
 
@@ -148,24 +130,23 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def bench_model_for(name: str, scale: int | None = None) -> tuple[SRModel, str]:
     """The model `name` of the manifest: its cached official weights if present, else a random official layout."""
-    from upscale import manifest
-    from upscale import weights as wt
-    from upscale.models import family, from_state_dict
+    from upscale import cache, manifest
+    from upscale.models import from_state_dict, official_net
+    from upscale.models.checkpoint import load_checkpoint
 
     variant = manifest.resolve(name, scale)
-    try:
-        path = wt.cached_file(variant)
-    except UpscaleError:
-        path = None
+    path = cache.cached_path(variant)
     if path is not None:
-        sd, source = wt.load_checkpoint(path), "official"
+        sd, source = load_checkpoint(path), "official"
     else:
-        if name not in OFFICIAL_LAYOUTS or variant.family not in NET_CLASSES:
+        # the official layout with random values: speed does not depend on the weights' values, and the
+        # state dict still goes through `from_state_dict` like a real checkpoint
+        torch.manual_seed(0)
+        net = official_net(name, variant.family, variant.scale)
+        if net is None:
             raise UpscaleError(f"{name} x{variant.scale} weights are not in the cache and its layout is not "
                                f"built in: download them first (then bench uses them)")
-        cls = getattr(family(variant.family), NET_CLASSES[variant.family])
-        torch.manual_seed(0)
-        sd, source = cls(variant.scale, **OFFICIAL_LAYOUTS[name]).state_dict(), "random"
+        sd, source = net.state_dict(), "random"
     model = from_state_dict(sd, arch=variant.family, scale=variant.scale, **variant.overrides)
     return model, source
 
