@@ -99,3 +99,30 @@ def test_bad_arguments_are_usage_errors():
         Upscaler(alpha="bicubic")
     with pytest.raises(Exception, match="C in 1..4"):
         NearestUpscaler().upscale_array(np.zeros((2, 2, 5), np.uint8))
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_library_decides_the_stdout_default_and_the_name_tag(tmp_path):
+    from upscale import batch
+
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(photo)
+    stdin, files = batch.collect(["-"]), batch.collect([photo])
+    assert batch.stdout_target(stdin, None, _Stream(tty=False)) is True  # `-` in, piped stdout: stdout
+    assert batch.stdout_target(files, "-", _Stream(tty=False)) is True
+    assert batch.stdout_target(files, None, _Stream(tty=True)) is False  # beside the input
+    assert batch.stdout_target(stdin, tmp_path / "o.png", _Stream(tty=True)) is False
+    with pytest.raises(UsageError, match="terminal"):
+        batch.stdout_target(stdin, None, _Stream(tty=True))
+    with pytest.raises(UsageError, match="one image"):
+        batch.stdout_target(batch.collect([photo, photo]), "-")
+    up = NearestUpscaler(model="vapsr")
+    assert (up.output_tag(), up.output_tag("_big"), up.output_tag("")) == ("_x2", "_big", "")
+    assert NearestUpscaler(model="vapsr", outscale=1.5).output_tag() == "_x1.5"

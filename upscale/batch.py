@@ -218,6 +218,16 @@ def plan(
     return jobs
 
 
+def stdout_target(sources: Sequence[Source], output: str | Path | None, stdout: IO | None = None) -> bool:
+    """Whether image bytes go to standard output: with `-o -`, and for `-` (stdin) as input without -o.
+    Checks the combination first; refuses when `stdout` (when given) is a terminal."""
+    check_output(sources, output)
+    to_stdout = (output is not None and str(output) == STDIO) or (output is None and any(s.path is None for s in sources))
+    if to_stdout and stdout is not None and stdout.isatty():
+        raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
+    return to_stdout
+
+
 def check_output(sources: Sequence[Source], output: str | Path | None) -> None:
     """Combinations of inputs and -o that cannot work (checked before any model is loaded)."""
     if output is not None and str(output) == STDIO and len(sources) != 1:

@@ -26,7 +26,6 @@ from upscale.errors import UpscaleError
 if TYPE_CHECKING:
     from upscale.upscaler import Upscaler
 
-IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 LAYOUT = "HR/<name>.png (or HR/X<s>/<name>.png) and LR_bicubic/X<s>/<name>x<s>.png"
 
 EvalProgress = Callable[[int, int, str], None]  # (images done, images in all, current image name)
@@ -109,7 +108,7 @@ def find_pairs(folder: str | Path, scale: int) -> list[Pair]:
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in images.IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
@@ -166,6 +165,21 @@ def evaluate(
 
 
 # ---- presentation (used by `upscale eval`) -------------------------------------------------------
+
+
+def describe(up: Upscaler) -> dict[str, Any]:
+    """What an evaluation ran (the head of the --json document): model, architecture, scale, weights,
+    self-ensemble, device."""
+    model = up.model
+    return {"model": up.model_name or model.arch, "arch": model.arch, "scale": up.scale,
+            "weights": None if up.weights is None else str(up.weights), "self_ensemble": up.tta,
+            "device": str(up.device)}
+
+
+def title(info: dict[str, Any]) -> str:
+    """The table's title for `describe`'s dict, e.g. "vapsr x4 (self-ensemble) on cpu"."""
+    plus = " (self-ensemble)" if info["self_ensemble"] else ""
+    return f"{info['model']} x{info['scale']}{plus} on {info['device']}"
 
 
 def report(results: list[DatasetScore], info: dict[str, Any]) -> dict[str, Any]:

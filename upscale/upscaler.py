@@ -123,10 +123,17 @@ class Upscaler:
             overrides = {**variant.overrides, **overrides}
         # manifest lookup, cache, download and verification; --weights path, URL or hf://
         path = wt.resolve_checkpoint(self.model_name, self.requested_scale, self.weights, self.offline, self.quiet)
-        sd = wt.load_checkpoint(path)
         from upscale.models import from_state_dict
+        from upscale.models.checkpoint import load_checkpoint
+
+        sd = load_checkpoint(path)
 
         return from_state_dict(sd, arch=arch, scale=scale, **overrides)
+
+    def output_tag(self, suffix: str | None = None) -> str:
+        """What goes between an output's stem and its extension: `suffix` when given, else `_x4`
+        (the model's scale), or `_x2.5` with an outscale."""
+        return suffix if suffix is not None else scale_suffix(self.scale, self.outscale)
 
     def describe(self) -> dict[str, Any]:
         """What runs: model name, native scale, device and precision (for reports and --json)."""

@@ -1,0 +1,120 @@
+"""`upscale [run] INPUTS...`: the default command, upscaling files, folders, globs or standard input."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from upscale.cli import options
+from upscale.cli.report import Report
+
+EXAMPLES = """\
+Examples:
+
+\b
+  upscale photo.png -m hat -s 4            writes photo_x4.png beside photo.png
+  upscale photos/ -r -o big/               a folder and its sub-folders, mirrored into big/
+  upscale "shots/*.jpg" -f webp --quality 90
+  upscale photo.png --outscale 2.5         the x4 model, then a Lanczos resize to 2.5x
+  upscale photo.png --weights my.pth       a checkpoint of your own (architecture detected)
+  cat in.jpg | upscale - -o - > out.png    a pipe: logs go to stderr, the image to stdout
+  upscale photos/ --json -q                one JSON object per image, for scripts
+  upscale models                           the models you can use
+
+\b
+Outputs that exist are skipped (--overwrite replaces them), so running the same
+command again after an interruption resumes. Exit codes: 0 all done, 1 some
+images failed (the others were still processed), 2 bad arguments, 130 interrupted.
+"""
+
+HELP = "Upscale images (the default command: `upscale photo.png` is `upscale run photo.png`).\n\n" + EXAMPLES
+
+
+def run(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Image files, folders, glob patterns, or - for standard input.", show_default=False,
+                       metavar="INPUTS..."),
+    ] = None,
+    model: options.Model = None,
+    scale: options.Scale = None,
+    weights: options.Weights = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use only cached weights, never the network (also HF_HUB_OFFLINE=1).")
+    ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", metavar="PATH", help="Output file, folder (created; ends in / or has no "
+                     "extension), or - for standard output. Default: beside each input (standard output for -)."),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Include sub-folders (mirrored under -o DIR).")
+    ] = False,
+    suffix: Annotated[
+        str | None,
+        typer.Option("--suffix", metavar="TEXT", help="Added to output names instead of _x<scale>.", show_default=False),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("-f", "--format", metavar="FORMAT",
+                     help="png, jpg, webp, tiff or bmp. Default: the -o extension, else png."),
+    ] = None,
+    quality: Annotated[
+        int | None,
+        typer.Option("--quality", min=1, max=100, metavar="1-100",
+                     help="JPEG/WebP quality (default 95/90; WebP 100 = lossless)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace outputs that exist (default: skip them, so a rerun resumes).")
+    ] = False,
+    outscale: Annotated[
+        float | None,
+        typer.Option("--outscale", metavar="FACTOR",
+                     help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
+    ] = None,
+    alpha: Annotated[
+        str, typer.Option("--alpha", metavar="model|resize",
+                          help="Transparency: model (through the network, 2 passes) or resize (faster).")
+    ] = "model",
+    max_megapixels: Annotated[
+        float | None,
+        typer.Option("--max-megapixels", metavar="MP", show_default=False,
+                     help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none)."),
+    ] = None,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    tile: Annotated[
+        str, typer.Option("--tile", metavar="N|auto",
+                          help="Tile side in input pixels (0: whole image; auto: from free memory).")
+    ] = "auto",
+    tile_overlap: Annotated[
+        str, typer.Option("--tile-overlap", metavar="N|auto",
+                          help="Context per tile side in input pixels, for blended tiles (auto: the model's receptive "
+                          "field, else 32). VapSR streams exact bands unless this is given; tiled A2N is exact and "
+                          "ignores it.")
+    ] = "auto",
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
+    ] = False,
+    json_lines: options.Json = False,
+    quiet: options.Quiet = False,
+    debug: options.Debug = False,
+) -> None:
+    from upscale import batch
+    from upscale.upscaler import Upscaler
+
+    sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
+    to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
+    limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
+    up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
+                  offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                  **limit)
+    up.model  # load (and fail) before any progress display starts  # noqa: B018
+    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite)
+    report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
+    report.run(batch.run(up, jobs, quality=quality, catch=not debug, progress=report.progress_for), len(jobs))
+    if report.failed:
+        raise typer.Exit(1)
