@@ -29,12 +29,12 @@ from upscale.infer.device import (
     select_device,
     select_precision,
 )
-from upscale.infer.memory import MIN_TILE, keep_freed_memory
+from upscale.infer.memory import MIN_TILE, keep_freed_memory, release_freed_memory
 from upscale.models.tiling import Passes, Streamed
 
 __all__ = [
     "MIN_TILE", "NAMES", "PRECISIONS", "Context", "NonFiniteWarning", "ProgressFn", "keep_freed_memory",
-    "parse_pixels", "select_device", "select_precision", "to_tensor", "upscale_array",
+    "parse_pixels", "release_freed_memory", "select_device", "select_precision", "to_tensor", "upscale_array",
 ]
 
 
@@ -94,6 +94,15 @@ def upscale_array(
     if tile_n and tile_n >= max(h, w):
         tile_n = 0
 
+    try:
+        return _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, overlap_given is None)
+    finally:
+        release_freed_memory()  # kept for speed during the run, not after it (see memory)
+
+
+def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, auto_overlap) -> np.ndarray:
+    """The run with the runner the model's cut calls for, retried with smaller tiles on out-of-memory."""
+    h, w = array.shape[:2]
     fp32_model = prepare(model, device, torch.float32)
     run_model = prepare(model, device, dtype)
     out = np.empty((h * model.scale, w * model.scale, 3), dtype=array.dtype)
@@ -105,7 +114,7 @@ def upscale_array(
             if tile_n and isinstance(cut, Passes):  # exact, layer by layer
                 ctx.input_range = run_model.input_range  # the passes call the network's own modules
                 passes.run_passes(ctx, cut, tile_n)
-            elif tile_n and isinstance(cut, Streamed) and overlap_given is None:  # exact, no overlap recompute
+            elif tile_n and isinstance(cut, Streamed) and auto_overlap:  # exact, no overlap recompute
                 ctx.input_range = run_model.input_range
                 node = stream.nodes_for(run_model)
                 budget = memory.memory_budget(device) >> shrink
@@ -130,6 +139,6 @@ def upscale_array(
         warnings.warn(
             f"{ctx.recomputed} of {ctx.total} tiles gave non-finite values in {NAMES[dtype]} and were recomputed in fp32",
             NonFiniteWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return out

@@ -33,6 +33,13 @@ _LIMIT = 2**31 - 1  # mallopt takes an int; larger blocks (over 2 GiB) are still
 _done = False
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except (OSError, TypeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True if they are raised now.
 
@@ -43,15 +50,29 @@ def keep_freed_memory() -> bool:
         return True
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, _LIMIT)) and bool(mallopt(_M_TRIM_THRESHOLD, _LIMIT))
     return _done
+
+
+def release_freed_memory() -> bool:
+    """Give the freed blocks `keep_freed_memory` kept back to the system (glibc's malloc_trim), so that
+    what comes after a run (encoding the image, the next image) starts from the memory in use rather
+    than from the run's high-water mark: a 2000² VapSR ×4 run keeps about 1.5 GB of freed blocks, on
+    top of which the PNG encode used to put its own. A few milliseconds; True if anything was done."""
+    if not _done:
+        return False
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
 
 
 _bytes_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -134,10 +134,15 @@ class Pass:
 
 @dataclass(frozen=True)
 class PassPlan:
-    """The passes, in order. The first reads only `window.image()`; every pass but the last writes
-    features (`channels` of them per pixel, float32 in host memory); the last has `result=True`.
-    Tile cores start at multiples of `align` LR pixels (a window-attention network sets its window
-    size; give halos that are multiples of it too, so every window starts on the grid)."""
+    """The passes, in order. The first reads only `window.image()` and takes no statistics; every pass
+    but the last writes features (`channels` of them per pixel, float32 in host memory), which may
+    carry more than the network's width: whatever a later pass needs besides (a residual group's
+    input, say, beside the block's output); the last has `result=True`. Tile cores start at multiples
+    of `align` LR pixels (a window-attention network sets its window size; give halos that are
+    multiples of it too, so every window starts on the grid); the image is not padded, so such a
+    network handles its own padding of the windows at the image's bottom and right edges, which it
+    can tell from `window.bottom == window.height`. Statistics that are not pixelwise (a pooled
+    mean of convolved features, as in HAT's channel attention) give their halo in `Statistics`."""
 
     passes: Sequence[Pass]
     channels: int
