@@ -317,9 +317,11 @@ def run_stream(ctx: Context, node: RowNode, plan: StreamPlan) -> None:
     h, w = ctx.array.shape[:2]
     s = ctx.scale
     xs = plan.strips
-    # The first band also covers the network's lag (its receptive field), so that from the second band
-    # on every layer emits exactly one band of rows: blocks of one size, which the heap reuses.
-    tops = [0, *range(plan.rows + plan.margin, h, plan.rows)]
+    # Bands of equal height. A first band that also covered the network's lag (172 rows for VapSR ×4)
+    # made every later layer emit equal blocks, but set the heap's high-water mark at 3.6 times a
+    # band's working set on a 2000-wide image. With equal bands each layer emits a few odd blocks at
+    # the start, none larger than a band's (figures in benchmarks/README.md).
+    tops = list(range(0, h, plan.rows))
     spans = list(zip(tops, [*tops[1:], h]))
     ctx.total = (len(xs) - 1) * len(tops)
     fp32_node = None
