@@ -104,7 +104,7 @@ def child_throughput(name: str, device: str, precision: str, side: int, before: 
     import torch
 
     from upscale.bench import best_time, matmul_gflops, model_flops
-    from upscale.engine import upscale_array
+    from upscale.infer import upscale_array
 
     clock = _setup(threads, cpu_clock and device == "cpu")
     torch.set_flush_denormal(True)
@@ -124,7 +124,7 @@ def child_tiling(name: str, device: str, side: int, tile: int, overlap: str, thr
     import numpy as np
     import torch
 
-    from upscale.engine import upscale_array
+    from upscale.infer import upscale_array
 
     clock = _setup(threads, cpu_clock and device == "cpu")
     dev = torch.device(device)
@@ -158,14 +158,14 @@ def child_big(device: str, stop_after: int = 0, threads: int = 0, cpu_clock: boo
     import numpy as np
     import torch
 
-    from upscale import engine
+    from upscale.infer import memory, tiles, upscale_array
 
     _setup(threads, False)
     dev = torch.device(device)
     model = build("vapsr_x4")
     img = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
-    tile = engine.auto_tile(model, 2000, 2000, engine.default_overlap(model), torch.float32,
-                            engine.memory_budget(dev), dev.type == "cpu")
+    tile = memory.auto_tile(model, 2000, 2000, tiles.default_overlap(model), torch.float32,
+                            memory.memory_budget(dev), dev.type == "cpu")
     seen = [0, 0]
 
     def progress(done: int, total: int) -> None:
@@ -175,7 +175,7 @@ def child_big(device: str, stop_after: int = 0, threads: int = 0, cpu_clock: boo
 
     t0 = time.perf_counter()
     try:
-        engine.upscale_array(model, img, device=dev, progress=progress)
+        upscale_array(model, img, device=dev, progress=progress)
     except _Enough:
         pass
     return {"seconds": time.perf_counter() - t0, "auto_tile": tile, "tiles_done": seen[0], "tiles": seen[1]}

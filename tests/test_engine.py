@@ -8,15 +8,26 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tensors import to_array
 
-from upscale import engine
-from upscale.engine import upscale_array
 from upscale.errors import UpscaleError
+from upscale.infer import (
+    NonFiniteWarning,
+    memory,
+    select_device,
+    select_precision,
+    tiles,
+    to_tensor,
+    upscale_array,
+)
+from upscale.infer import passes as pass_runner
+from upscale.infer.context import Context
 from upscale.models import SRModel, from_state_dict
 from upscale.models import a2n as a2n_family
 from upscale.models.a2n import A2N
 from upscale.models.base import NetSpec
 from upscale.models.checkpoint import load_checkpoint
+from upscale.models.tiling import Blended
 from upscale.models.vapsr import VapSR
 
 
@@ -81,7 +92,7 @@ def test_too_small_overlap_is_not_exact(vapsr):
 
 @pytest.mark.parametrize(("shape", "tile"), [((45, 61), 16), ((33, 29), 7), ((1, 1), 1), ((1, 37), 5)])
 def test_a2n_random_weights_tiled_equals_whole(a2n, shape, tile):
-    # Tiled A2N runs in passes (a2n.run_in_passes) with the whole image's gates: exact.
+    # Tiled A2N runs in passes (infer.passes, a2n.passes) with the whole image's gates: exact.
     img = image(*shape, seed=3)
     assert_close_8bit(upscale_array(a2n, img, tile=0), upscale_array(a2n, img, tile=tile))
 
@@ -97,12 +108,13 @@ def test_a2n_pass_halos_are_enough_and_needed(scale, monkeypatch):
     model = from_state_dict(net.state_dict(), scale=scale, input_range=1.0).double()
     img = image(40, 44, seed=scale, dtype=np.uint16)
     with torch.inference_mode():
-        whole = engine.to_array(model(engine.to_tensor(img).double()), np.uint16)
+        whole = to_array(model(to_tensor(img).double()), np.uint16)
 
     def passes() -> np.ndarray:
         out = np.empty_like(whole)
         with torch.inference_mode():
-            a2n_family.run_in_passes(model, model, img, out, torch.device("cpu"), torch.float64, 9, None)
+            ctx = Context(model, model, img, out, torch.device("cpu"), torch.float64, None, model.input_range)
+            pass_runner.run_passes(ctx, model.cut, 9)
         return np.abs(out.astype(int) - whole.astype(int)).max()
 
     assert passes() <= 1
@@ -143,20 +155,20 @@ def test_a2n_official_tiles_without_the_passes_differ(a2n_official, butterfly, m
     """Why the passes exist: overlapping tiles pooling their own gates are visibly off with the official
     weights."""
     whole = upscale_array(a2n_official, butterfly, tile=0)
-    monkeypatch.setattr(engine, "tile_passes", lambda model: None)
+    monkeypatch.setattr(a2n_official, "cut", Blended())
     d = np.abs(whole.astype(int) - upscale_array(a2n_official, butterfly, tile=24).astype(int))
     assert d.max() > 1 and (d > 0).mean() > 0.01
 
 
 def test_a2n_passes_run_only_when_tiling(a2n, monkeypatch):
     calls = []
-    real = a2n_family.run_in_passes
+    real = pass_runner.run_passes
 
     def spy(*args):
-        calls.append(args[-2])  # the tile side
+        calls.append(args[-1])  # the tile side
         return real(*args)
 
-    monkeypatch.setattr(a2n_family, "run_in_passes", spy)
+    monkeypatch.setattr(pass_runner, "run_passes", spy)
     img = image(40, 50, seed=5)
     whole = upscale_array(a2n, img, tile=0)
     upscale_array(a2n, img)  # auto: fits, one tile
@@ -187,7 +199,7 @@ def test_a2n_passes_recompute_a_non_finite_tile_in_fp32(a2n, monkeypatch):
 
     monkeypatch.setattr(A2N, "reconstruct", faulty)
     img = image(30, 30, seed=6)
-    with pytest.warns(engine.NonFiniteWarning, match="1 of 16 tiles .* bf16"):
+    with pytest.warns(NonFiniteWarning, match="1 of 16 tiles .* bf16"):
         out = upscale_array(a2n, img, precision="bf16", tile=15)
     assert calls == [torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
     monkeypatch.undo()
@@ -205,19 +217,19 @@ def test_auto_runs_the_whole_image_when_it_fits(a2n):
 
 def test_feather_weights_sum_to_one():
     size, scale, feather = 50, 3, 4
-    cuts = engine.cuts(size, 13)
+    cuts = tiles.cuts(size, 13)
     total = np.zeros(size * scale)
     for lo, hi in itertools.pairwise(cuts):
-        start, wt = engine.ramp_weights(lo, hi, size, feather, scale)
+        start, wt = tiles.ramp_weights(lo, hi, size, feather, scale)
         total[start : start + len(wt)] += wt
         assert 0 < wt.min() and wt.max() <= 1
     np.testing.assert_allclose(total, 1, atol=1e-6)
 
 
 def test_window_respects_pad_multiple():
-    assert engine.window(16, 32, 100, 5, 8) == (11, 43)  # 26 → 32, grown at the end
-    assert engine.window(80, 100, 100, 5, 8) == (68, 100)  # no room at the end: grown at the start
-    a, b = engine.window(0, 5, 5, 3, 8)
+    assert tiles.window(16, 32, 100, 5, 8) == (11, 43)  # 26 → 32, grown at the end
+    assert tiles.window(80, 100, 100, 5, 8) == (68, 100)  # no room at the end: grown at the start
+    a, b = tiles.window(0, 5, 5, 3, 8)
     assert (a, b) == (0, 5)  # smaller than the multiple: SRModel reflect-pads the rest
 
 
@@ -249,7 +261,7 @@ class Faulty(SRModel):
 def test_non_finite_tile_is_recomputed_in_fp32(vapsr, precision):
     model = Faulty(vapsr, nan_on_call=2)
     img = image(30, 30)
-    with pytest.warns(engine.NonFiniteWarning, match=f"1 of 4 tiles .* {precision}"):
+    with pytest.warns(NonFiniteWarning, match=f"1 of 4 tiles .* {precision}"):
         out = upscale_array(model, img, precision=precision, tile=15)
     reference = upscale_array(vapsr, img, tile=15)
     assert_second_tile_is_fp32(out, reference, scale=4)
@@ -321,11 +333,11 @@ def test_precision_policy():
         fp16_safe = False
 
     cpu = torch.device("cpu")
-    assert engine.select_precision("auto", cpu, M()) == torch.float32
-    assert engine.select_precision("bf16", cpu, M()) == torch.bfloat16
-    assert engine.select_precision("fp16", cpu, Unsafe()) == torch.float16
+    assert select_precision("auto", cpu, M()) == torch.float32
+    assert select_precision("bf16", cpu, M()) == torch.bfloat16
+    assert select_precision("fp16", cpu, Unsafe()) == torch.float16
     with pytest.raises(UpscaleError, match="unknown precision"):
-        engine.select_precision("int8", cpu, M())
+        select_precision("int8", cpu, M())
 
 
 def test_bad_tile_values_are_reported(vapsr):
@@ -336,18 +348,18 @@ def test_bad_tile_values_are_reported(vapsr):
 
 
 def test_auto_tile_shrinks_with_the_budget(vapsr):
-    whole = engine.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=1 << 40, host_band=True)
-    small = engine.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=20 << 20, host_band=True)
+    whole = memory.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=1 << 40, host_band=True)
+    small = memory.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=20 << 20, host_band=True)
     assert whole == 0
-    assert engine.MIN_TILE <= small < 200
+    assert memory.MIN_TILE <= small < 200
 
 
 def test_missing_device_is_reported():
     if not torch.cuda.is_available():
         with pytest.raises(UpscaleError, match="CUDA is not available"):
-            engine.select_device("cuda:1")
+            select_device("cuda:1")
     with pytest.raises(UpscaleError, match="unknown device"):
-        engine.select_device("tpu0")
+        select_device("tpu0")
 
 
 def test_a2n_tiles_keep_the_self_ensemble(a2n):

@@ -152,7 +152,9 @@ def test_self_ensemble_averages_the_transformed_runs():
 
 
 def test_tta_through_the_library_and_the_run_command(tmp_path):
-    from upscale.engine import to_array, to_tensor
+    from tensors import to_array
+
+    from upscale.infer import to_tensor
     from upscale.upscaler import Upscaler
 
     sd, model = _tiny_vapsr()

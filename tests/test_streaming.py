@@ -1,4 +1,4 @@
-"""Row streaming (upscale.streaming) and the engine's streamed runs: exact, bounded, fault-tolerant."""
+"""Row streaming (upscale.infer.stream, upscale.models.tiling) and streamed runs: exact, bounded, fault-tolerant."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale import engine, streaming
-from upscale.engine import upscale_array
 from upscale.errors import UpscaleError
-from upscale.models import SRModel, from_state_dict
+from upscale.infer import NonFiniteWarning, memory, stream, tiles, upscale_array
+from upscale.models import SRModel, from_state_dict, tiling
 from upscale.models import vapsr as vapsr_family
 from upscale.models.vapsr import VapSR
 
@@ -31,6 +30,19 @@ def vapsr() -> SRModel:
     model = tiny_vapsr(4)
     model.net.upsampler[3].bias.data += 0.5  # centre the output in 0..1 so that clamping hides nothing
     return model
+
+
+def run(node, bands: list[torch.Tensor]) -> torch.Tensor:
+    """Stream `bands` (consecutive rows of one image) through `node` (a description, or row nodes) and
+    concatenate the output."""
+    rows = node if isinstance(node, stream.RowNode) else stream.compile(node)
+    rows.reset()
+    out = []
+    for i, band in enumerate(bands):
+        y = rows.step(band, last=i == len(bands) - 1)
+        if y is not None:
+            out.append(y)
+    return torch.cat(out, dim=2)
 
 
 def bands_of(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
@@ -50,7 +62,7 @@ def test_streamed_vapsr_equals_its_forward(scale, groups, h, w, sizes):
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w))
     with torch.inference_mode():
         whole = model.net(x)
-        streamed = streaming.run(vapsr_family.stream(model.net), bands_of(x, sizes))
+        streamed = run(vapsr_family.stream(model.net), bands_of(x, sizes))
     assert streamed.shape == whole.shape
     assert (streamed - whole).abs().max().item() < 1e-5
 
@@ -65,17 +77,17 @@ def test_joins_and_convs_in_any_band_split():
         return c1(a * x + c1(x)) + a  # joins with both the faster and the slower path on either side
 
     def graph():
-        first = streaming.Join(streaming.Identity(), streaming.Seq(streaming.Conv(c1), streaming.Conv(c2)),
+        first = tiling.Join(tiling.Identity(), tiling.Seq(tiling.Conv(c1), tiling.Conv(c2)),
                                lambda x, a: a.mul_(x))
-        inner = streaming.Join(streaming.Conv(c1), first, lambda b, y: y.add_(b))
-        slow = streaming.Seq(streaming.Conv(c1), streaming.Conv(c2))
-        return streaming.Join(slow, streaming.Seq(inner, streaming.Conv(c1)), lambda a, y: y.add_(a))
+        inner = tiling.Join(tiling.Conv(c1), first, lambda b, y: y.add_(b))
+        slow = tiling.Seq(tiling.Conv(c1), tiling.Conv(c2))
+        return tiling.Join(slow, tiling.Seq(inner, tiling.Conv(c1)), lambda a, y: y.add_(a))
 
     x = torch.rand(1, 4, 31, 9)
     with torch.inference_mode():
         expected = reference(x)
         for sizes in ([1] * 31, [3, 7, 2], [31], [15, 1]):
-            got = streaming.run(graph(), bands_of(x, sizes))
+            got = run(graph(), bands_of(x, sizes))
             assert (got - expected).abs().max().item() < 1e-5, sizes
 
 
@@ -91,24 +103,24 @@ def test_the_end_of_a_deep_chain_costs_calls_linear_in_its_depth(monkeypatch):
             expected = c(expected)
         calls = []
         real = F.conv2d
-        monkeypatch.setattr(streaming.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
-        got = streaming.run(streaming.Seq(*[streaming.Conv(c) for c in convs]), bands_of(x, [20, 20]))
+        monkeypatch.setattr(stream.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+        got = run(tiling.Seq(*[tiling.Conv(c) for c in convs]), bands_of(x, [20, 20]))
     assert (got - expected).abs().max().item() < 1e-5
     assert len(calls) <= 5 * len(convs)  # 2 bands and the end: 2 + about 2 per conv (was 30·31/2 at the end)
 
 
 def test_regroup_joins_neighbours_up_to_a_size():
     pieces = [torch.full((1, 1, n, 2), float(i)) for i, n in enumerate([3, 2, 5, 1, 1, 7])]
-    groups = streaming._regroup(pieces, 5)
+    groups = stream._regroup(pieces, 5)
     assert [g.shape[2] for g in groups] == [5, 5, 2, 7]
     torch.testing.assert_close(torch.cat(groups, dim=2), torch.cat(pieces, dim=2))
 
 
 def test_the_rows_held_are_measured_once_per_model(vapsr, monkeypatch):
-    monkeypatch.setattr(engine, "_held_cache", weakref.WeakKeyDictionary())  # whatever other tests measured
+    monkeypatch.setattr(stream, "_held_cache", weakref.WeakKeyDictionary())  # whatever other tests measured
     calls = []
-    real = streaming.held_per_column
-    monkeypatch.setattr(streaming, "held_per_column", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = stream.held_per_column
+    monkeypatch.setattr(stream, "held_per_column", lambda *a, **k: calls.append(1) or real(*a, **k))
     img = np.random.default_rng(2).integers(0, 256, (30, 30, 3), dtype=np.uint8)
     first = upscale_array(vapsr, img, tile=10)
     np.testing.assert_array_equal(first, upscale_array(vapsr, img, tile=12))
@@ -117,8 +129,8 @@ def test_the_rows_held_are_measured_once_per_model(vapsr, monkeypatch):
 
 def test_rows_held_between_bands_are_bounded():
     model = tiny_vapsr(4)
-    node = vapsr_family.stream(model.net)
-    per_column = streaming.held_per_column(node, 3, torch.device("cpu"), torch.float32, rows=80)
+    node = stream.compile(vapsr_family.stream(model.net))
+    per_column = stream.held_per_column(node, 3, torch.device("cpu"), torch.float32, rows=80)
     # 3 blocks × (4 + 12 rows of 16 channels in the convs, 8-row queues) + conv_first, conv_body, upsampler
     assert 0 < per_column < 40_000
     assert node.held() == []  # measured, then reset
@@ -131,7 +143,7 @@ def test_engine_streams_vapsr_tiles_and_equals_the_whole_image(vapsr, monkeypatc
     def no_tiles(*a, **k):
         raise AssertionError("classic tiles used")
 
-    monkeypatch.setattr(engine, "_run_tiles", no_tiles)
+    monkeypatch.setattr(tiles, "run_tiles", no_tiles)
     seen = []
     streamed = upscale_array(vapsr, img, tile=8, progress=lambda d, t: seen.append((d, t)))
     np.testing.assert_array_equal(streamed, whole)
@@ -139,7 +151,7 @@ def test_engine_streams_vapsr_tiles_and_equals_the_whole_image(vapsr, monkeypatc
 
 
 def test_an_explicit_overlap_gives_classic_tiles(vapsr, monkeypatch):
-    monkeypatch.setattr(engine, "_run_stream", lambda *a, **k: (_ for _ in ()).throw(AssertionError("streamed")))
+    monkeypatch.setattr(stream, "run_stream", lambda *a, **k: (_ for _ in ()).throw(AssertionError("streamed")))
     img = np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8)
     assert upscale_array(vapsr, img, tile=10, tile_overlap=4).shape == (80, 80, 3)
 
@@ -147,19 +159,19 @@ def test_an_explicit_overlap_gives_classic_tiles(vapsr, monkeypatch):
 def test_strips_when_the_rows_held_would_not_fit(vapsr, monkeypatch):
     img = np.random.default_rng(2).integers(0, 256, (30, 200, 3), dtype=np.uint8)
     whole = upscale_array(vapsr, img, tile=0)
-    node = engine.stream_node(vapsr)
-    budget = 2 * streaming.held_per_column(node, 3, torch.device("cpu"), torch.float32, rows=64) * 120
-    plan = engine.stream_plan(vapsr, node, 30, 200, 16, torch.float32, budget)
+    node = stream.nodes_for(vapsr)
+    budget = 2 * stream.held_per_column(node, 3, torch.device("cpu"), torch.float32, rows=64) * 120
+    plan = stream.stream_plan(vapsr, node, 30, 200, 16, torch.float32, budget)
     assert len(plan.strips) > 2 and plan.margin == vapsr.receptive_field
-    monkeypatch.setattr(engine, "memory_budget", lambda device: budget * 2)  # the engine plans with half
+    monkeypatch.setattr(memory, "memory_budget", lambda device: budget * 2)  # the engine plans with half
     d = np.abs(upscale_array(vapsr, img, tile=16).astype(int) - whole)  # strips: other conv widths, rounding
     assert d.max() <= 1 and (d > 0).mean() <= 0.001
 
 
-class NaNOnce(streaming.Node):
+class NaNOnce(stream.RowNode):
     """Wraps a stream: its `nth` output in reduced precision comes out NaN."""
 
-    def __init__(self, inner: streaming.Node, nth: int):
+    def __init__(self, inner: stream.RowNode, nth: int):
         self.inner, self.nth, self.count = inner, nth, 0
 
     def step(self, x, last):
@@ -178,17 +190,17 @@ class NaNOnce(streaming.Node):
 def test_a_non_finite_band_recomputes_its_strip_in_fp32(vapsr, monkeypatch):
     img = np.random.default_rng(3).integers(0, 256, (40, 24, 3), dtype=np.uint8)
     reference = upscale_array(vapsr, img, tile=0)
-    real = engine.stream_node
-    monkeypatch.setattr(engine, "stream_node", lambda m: NaNOnce(real(m), nth=2))
-    with pytest.warns(engine.NonFiniteWarning, match="1 of .* bf16"):
+    real = stream.nodes_for
+    monkeypatch.setattr(stream, "nodes_for", lambda m: NaNOnce(real(m), nth=2))
+    with pytest.warns(NonFiniteWarning, match="1 of .* bf16"):
         out = upscale_array(vapsr, img, tile=8, precision="bf16")
     np.testing.assert_array_equal(out, reference)  # the whole strip was redone in fp32
 
 
-class OOMAbove(streaming.Node):
+class OOMAbove(stream.RowNode):
     """Out of memory for a band of more than `pixels` (the engine's narrow probe stays below)."""
 
-    def __init__(self, inner: streaming.Node, pixels: int):
+    def __init__(self, inner: stream.RowNode, pixels: int):
         self.inner, self.pixels = inner, pixels
 
     def step(self, x, last):
@@ -203,27 +215,27 @@ class OOMAbove(streaming.Node):
 def test_out_of_memory_shrinks_the_bands(vapsr, monkeypatch):
     img = np.random.default_rng(4).integers(0, 256, (70, 40, 3), dtype=np.uint8)
     reference = upscale_array(vapsr, img, tile=0)
-    real = engine.stream_node
-    monkeypatch.setattr(engine, "stream_node", lambda m: OOMAbove(real(m), pixels=60 * 40))
+    real = stream.nodes_for
+    monkeypatch.setattr(stream, "nodes_for", lambda m: OOMAbove(real(m), pixels=60 * 40))
     np.testing.assert_array_equal(upscale_array(vapsr, img, tile=64), reference)
-    monkeypatch.setattr(engine, "stream_node", lambda m: OOMAbove(real(m), pixels=300))
+    monkeypatch.setattr(stream, "nodes_for", lambda m: OOMAbove(real(m), pixels=300))
     with pytest.raises(UpscaleError, match="out of memory"):
         upscale_array(vapsr, img, tile=64)
 
 
 def test_only_conv_layers_with_same_padding_stream():
     with pytest.raises(ValueError, match="stride 1"):
-        streaming.Conv(nn.Conv2d(3, 3, 3, stride=2, padding=1))
+        stream.compile(tiling.Conv(nn.Conv2d(3, 3, 3, stride=2, padding=1)))
     conv = nn.Conv2d(2, 2, 3, padding=1)
     x = torch.rand(1, 2, 6, 5)
     with torch.inference_mode():
-        got = streaming.run(streaming.Conv(conv), bands_of(x, [2, 2]))
+        got = run(tiling.Conv(conv), bands_of(x, [2, 2]))
         assert (got - F.conv2d(x, conv.weight, conv.bias, padding=1)).abs().max() < 1e-6
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_host_allocator_tuning_respects_the_users_settings():
-    code = "from upscale.host_memory import keep_freed_memory as k; print(k(), k())"
+    code = "from upscale.infer.memory import keep_freed_memory as k; print(k(), k())"
     tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert tuned.stdout.split() == ["True", "True"]
     env = {"MALLOC_TRIM_THRESHOLD_": "131072", "PATH": "/usr/bin:/bin"}

@@ -25,7 +25,7 @@ from upscale import images
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
-    from upscale.engine import ProgressFn
+    from upscale.infer import ProgressFn
     from upscale.upscaler import Upscaler
 
 STDIO = "-"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from upscale.errors import UpscaleError
-from upscale.host_memory import keep_freed_memory
+from upscale.infer.memory import keep_freed_memory
 from upscale.models import SRModel
 
 
@@ -249,8 +249,8 @@ def run_bench(
 ) -> list[BenchResult]:
     """Bench each named model; the matmul yardstick is measured once per number format, in the same run.
 
-    `precision` means what it means for `upscale run` (engine.select_precision: auto picks per model)."""
-    from upscale.engine import NAMES, select_device, select_precision
+    `precision` means what it means for `upscale run` (upscale.infer.select_precision: auto picks per model)."""
+    from upscale.infer import NAMES, select_device, select_precision
 
     dev = select_device(device)
     names = list(names or (LIGHT_MODELS if dev.type == "cpu" else ALL_MODELS))

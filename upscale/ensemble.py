@@ -2,7 +2,7 @@
 
 The model runs on the eight flips/rotations of its input (the dihedral group of the square); each
 output is turned back and the eight are averaged before rounding, as in EDSR's `forward_x8`.
-`SelfEnsemble` is a model like any other (same attributes as SRModel), so the engine can tile,
+`SelfEnsemble` is a model like any other (same attributes as SRModel), so the inference layer can tile,
 cast and move it without knowing it is there. It costs eight forward passes.
 """
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from upscale.models import SRModel
+from upscale.models.tiling import Blended, Cut, TileBytes
 
 N_TRANSFORMS = 8
 
@@ -40,7 +41,7 @@ class SelfEnsemble(nn.Module):
             raise TypeError("the model is already a self-ensemble")
         self.model = model
 
-    # The SRModel attributes the engine and callers read, taken from the wrapped model. Rotation swaps
+    # The SRModel attributes the inference layer and callers read, taken from the wrapped model. Rotation swaps
     # H and W, so a tile's size constraint (pad_multiple) and context (receptive_field) are unchanged.
     @property
     def arch(self) -> str:
@@ -73,6 +74,16 @@ class SelfEnsemble(nn.Module):
     @property
     def receptive_field(self) -> int | None:
         return self.model.receptive_field
+
+    @property
+    def cut(self) -> Cut:
+        # Blended tiles of the ensemble: each of the 8 transforms has statistics of its own (A2N's
+        # gates), and rows streamed through the network would not be the rotated image's rows.
+        return Blended()
+
+    @property
+    def tile_extra_bytes(self) -> TileBytes | None:
+        return self.model.tile_extra_bytes  # the transforms run one after the other
 
     def num_parameters(self) -> int:
         return self.model.num_parameters()

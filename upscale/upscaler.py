@@ -19,7 +19,7 @@ from upscale.errors import UpscaleError, UsageError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from upscale.engine import ProgressFn
+    from upscale.infer import ProgressFn
     from upscale.models import SRModel
 
 DEFAULT_MODEL = "vapsr"
@@ -69,7 +69,7 @@ class Upscaler:
         self.device_name = device
         self.offline = offline  # use only cached weights (also HF_HUB_OFFLINE=1)
         self.quiet = quiet  # no download progress or notices
-        # engine settings (upscale/engine.py): auto, or fp32/fp16/bf16; tile and overlap in input pixels
+        # inference settings (upscale/infer): auto, or fp32/fp16/bf16; tile and overlap in input pixels
         self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
         self.overrides = overrides
         self._model: SRModel | None = None
@@ -91,7 +91,7 @@ class Upscaler:
 
     def _check_engine_settings(self) -> None:
         """Reject a bad precision or tile size once, before any image runs (not once per image)."""
-        from upscale.engine import parse_pixels
+        from upscale.infer import parse_pixels
 
         self.resolved_precision()
         parse_pixels(self.tile, "--tile")
@@ -104,7 +104,7 @@ class Upscaler:
     @property
     def device(self):
         if self._device is None:
-            from upscale.engine import select_device
+            from upscale.infer import select_device
 
             self._device = select_device(self.device_name)
         return self._device
@@ -147,7 +147,7 @@ class Upscaler:
 
     def resolved_precision(self) -> str:
         """The number format `precision` means for this model on this device (auto resolved)."""
-        from upscale.engine import NAMES, select_precision
+        from upscale.infer import NAMES, select_precision
 
         return NAMES[select_precision(self.precision, self.device, self.model)]
 
@@ -160,7 +160,7 @@ class Upscaler:
 
     def upscale_rgb(self, array: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
         """The model alone: H×W×3 uint8/uint16 RGB → (sH)×(sW)×3 of the same type, at the native scale."""
-        from upscale.engine import upscale_array
+        from upscale.infer import upscale_array
 
         model = self.model
         return upscale_array(

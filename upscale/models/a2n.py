@@ -8,18 +8,17 @@ EDSR framework's rgb_range), which is the default `input_range` here.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from upscale.errors import UpscaleError
-from upscale.models.base import NetSpec, SRModel, check_scale, count_blocks, take_overrides
+from upscale.models.base import NetSpec, check_scale, count_blocks, take_overrides
+from upscale.models.tiling import Pass, Passes, PassPlan, Statistics, Window
 
 ARCH = "a2n"
 
@@ -75,7 +74,7 @@ class AAB(nn.Module):
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         y = self.pooled(x)
         # The gate sees the whole image (global average pool), so A2N has no finite receptive field;
-        # tiled runs pass the whole image's gate in (see run_in_passes).
+        # tiled runs pass the whole image's gate in (see `passes`).
         if gate is None:
             gate = self.gate(y.mean(dim=(2, 3)))
         gate = gate.to(y.dtype)
@@ -145,116 +144,45 @@ def tail_halo(net: A2N) -> int:
 BLOCK_HALO = 2  # an AAB's reach: k3 then k4 (the plain branch and k1 reach 1)
 
 
-@torch.no_grad()
-def run_in_passes(
-    model: SRModel,
-    fp32_model: SRModel,
-    array: np.ndarray,
-    out: np.ndarray,
-    device: torch.device,
-    dtype: torch.dtype,
-    side: int,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[int, int]:
-    """The engine's tiled run for A2N (`model` on `device` in `dtype`, `fp32_model` its float32 twin):
-    fills `out` with exactly what a whole-image forward computes for the H×W×3 integer `array`, in
-    tiles of about `side` LR pixels; returns (tiles recomputed in fp32, tiles in all).
+def passes(net: A2N) -> PassPlan:
+    """A2N's forward as passes over the whole image (run by upscale.infer; exact when tiled).
 
     Each block's gate is a softmax of its input's global mean, so no tile can be finished before the
     whole image has passed the blocks before it. conv_first inside each block is 1×1, so the pooled
-    mean is a sum over any tiling. So the trunk runs one layer at a time over the whole image, in tiles
-    with just the layer's reach of context, through a float32 host copy of the 40-channel LR features
-    (160 bytes per LR pixel, updated in place), each pass summing the next block's pooled features; the last
-    pass runs the last block, the trunk residual (conv_first recomputed: cheaper than a second buffer) and
-    the upsampling, and stores the output. Every layer's pixels are computed about once (plus the halos),
-    where overlapping tiles would recompute the 36-pixel receptive field. Means and gates are taken in
-    float32. A tile that comes out non-finite in reduced precision is recomputed in float32."""
-    from upscale.engine import cuts, store, to_tensor  # the engine imports the families
+    mean is a sum over any tiling, taken from the previous pass's output (statistics with halo 0).
+    So: conv_first, then one pass per block but the last, each with just the layer's reach of
+    context; the last pass runs the last block, the trunk residual (conv_first recomputed: cheaper
+    than a second feature buffer) and the upsampling. Every layer's pixels are computed about once
+    (plus the halos), where overlapping tiles would recompute the 36-pixel receptive field. Means and
+    gates are taken in float32. Everything channels-last, as A2N.forward runs."""
 
-    net: A2N = model.net
-    net32: A2N = fp32_model.net
-    h, w = array.shape[:2]
-    s, rng = model.scale, model.input_range
-    peak = float(np.iinfo(array.dtype).max)
-    ys, xs = cuts(h, side), cuts(w, side)
-    cores = [(y, x) for y in itertools.pairwise(ys) for x in itertools.pairwise(xs)]
-    nb = len(net.AAB_trunk)
-    total = (nb + 1) * len(cores)
-    done = recomputed = 0
+    def image(win: Window) -> torch.Tensor:
+        return win.image().contiguous(memory_format=torch.channels_last)
 
-    # Everything channels-last, as A2N.forward runs: the host features are H×W×C.
-    def image(a: int, b: int, c: int, d: int) -> torch.Tensor:
-        x = to_tensor(array[a:b, c:d], device).mul_(rng)  # what SRModel feeds the net
-        return x.contiguous(memory_format=torch.channels_last)
+    def pooled(block: AAB) -> Statistics:
+        def finish(sums: torch.Tensor, count: int) -> torch.Tensor:
+            params = {k: v.float() for k, v in block.ADM.state_dict().items()}
+            mean = (sums / count).float()[None].to(block.conv_first.weight.device)
+            return torch.softmax(torch.func.functional_call(block.ADM, params, (mean,)) / block.temperature, dim=1)
 
-    def read(a: int, b: int, c: int, d: int) -> torch.Tensor:
-        window = feats[a:b, c:d].permute(2, 0, 1)[None]  # a channels-last view
-        return window.to(device).contiguous(memory_format=torch.channels_last)
+        return Statistics(pixels=block.pooled, finish=finish)
 
-    def tiled(halo: int, factor: int, layer: Callable[[A2N, torch.dtype, tuple[int, int, int, int]], torch.Tensor],
-              keep: Callable[[torch.Tensor, int, int, int, int], None]) -> None:
-        """layer(net, dtype, window) over every core's window (core plus `halo` context, clipped to the
-        image); keep(output core, y0, y1, x0, x1) with the output `factor` times the window's size."""
-        nonlocal done, recomputed
-        for (y0, y1), (x0, x1) in cores:
-            win = (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
-            y = layer(net, dtype, win)
-            if dtype != torch.float32 and not bool(torch.isfinite(y).all()):
-                y = layer(net32, torch.float32, win)
-                recomputed += 1
-            a, c = win[0], win[2]
-            keep(y[:, :, (y0 - a) * factor : (y1 - a) * factor, (x0 - c) * factor : (x1 - c) * factor], y0, y1, x0, x1)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    def block_pass(k: int) -> Pass:
+        return Pass(BLOCK_HALO, lambda win, gate: net.AAB_trunk[k](win.features(), gate), pooled(net.AAB_trunk[k]))
 
-    def features_pass(halo: int, layer: Callable[[A2N, torch.dtype, tuple[int, int, int, int]], torch.Tensor],
-                      pool: AAB) -> None:
-        """Run `layer` over every tile, replacing the features in `feats` by its output in place, and sum
-        pool.pooled over the output (the next gate's mean). The windows read `halo` rows of the tile rows
-        around them, so a tile row's output waits until no later window reaches its rows."""
-        waiting: list[tuple[torch.Tensor, int, int, int, int]] = []
+    def last(win: Window, gate: torch.Tensor) -> torch.Tensor:
+        x = image(win)
+        t = net.AAB_trunk[-1](win.features(), gate)
+        return net.reconstruct(net.trunk_conv(t).add_(net.conv_first(x)), x)
 
-        def write_back(upto: int) -> None:
-            while waiting and waiting[0][2] <= upto:
-                core, y0, y1, x0, x1 = waiting.pop(0)
-                feats[y0:y1, x0:x1].copy_(core)  # torch's copy: parallel, unlike numpy's
-
-        def keep(core: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
-            write_back(y0 - halo)  # the windows from this tile on start at y0 - halo or below
-            sums.add_(pool.pooled(core.to(dtype)).float().sum(dim=(0, 2, 3)).double().cpu())
-            waiting.append((core[0].permute(1, 2, 0).to("cpu"), y0, y1, x0, x1))
-
-        sums.zero_()
-        tiled(halo, 1, layer, keep)
-        write_back(h)
-
-    def gate_fp32(block: AAB) -> torch.Tensor:
-        params = {k: v.float() for k, v in block.ADM.state_dict().items()}
-        logits = torch.func.functional_call(block.ADM, params, ((sums / (h * w)).float()[None].to(device),))
-        return torch.softmax(logits / block.temperature, dim=1)
-
-    nf = net.conv_first.out_channels
-    feats = torch.empty((h, w, nf), dtype=torch.float32)  # host memory, whatever the device
-    sums = torch.zeros(nf, dtype=torch.float64)
-    features_pass(1, lambda n, dt, win: n.conv_first(image(*win).to(dt)), net.AAB_trunk[0])
-    for k in range(nb - 1):
-        gate = gate_fp32(net.AAB_trunk[k])
-        features_pass(BLOCK_HALO, lambda n, dt, win, k=k, gate=gate: n.AAB_trunk[k](read(*win).to(dt), gate),
-                      net.AAB_trunk[k + 1])
-    gate = gate_fp32(net.AAB_trunk[-1])
-
-    def last(n: A2N, dt: torch.dtype, win: tuple[int, int, int, int]) -> torch.Tensor:
-        x = image(*win).to(dt)
-        t = n.AAB_trunk[-1](read(*win).to(dt), gate)
-        return n.reconstruct(n.trunk_conv(t).add_(n.conv_first(x)), x)
-
-    def store_output(core: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
-        y = core[0].float()
-        store(out[y0 * s : y1 * s, x0 * s : x1 * s], y.div_(rng) if rng != 1.0 else y, peak)
-
-    tiled(tail_halo(net), s, last, store_output)
-    return recomputed, total
+    return PassPlan(
+        passes=[
+            Pass(1, lambda win, _: net.conv_first(image(win))),
+            *[block_pass(k) for k in range(len(net.AAB_trunk) - 1)],
+            Pass(tail_halo(net), last, pooled(net.AAB_trunk[-1]), result=True),
+        ],
+        channels=net.conv_first.out_channels,
+    )
 
 
 def detect(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -281,4 +209,5 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
         config={"scale": scale, "input_range": float(opts["input_range"]), **config},
         input_range=float(opts["input_range"]),
         receptive_field=None,
+        cut=Passes(passes),  # the gates pool the whole image: exact tiles need the passes
     )

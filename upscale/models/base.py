@@ -6,8 +6,8 @@ A family module (vapsr.py, a2n.py, hat.py, panet.py) defines:
     def detect(state_dict) -> bool              True when the keys are this family's
     def build(state_dict, **overrides) -> NetSpec
         reads every hyper-parameter the tensor shapes reveal, takes the rest from `overrides`
-        (or the authors' defaults), and returns an *unloaded* network plus what the engine needs
-        to know about it. `scale=` is always accepted: checked against the tensors where they show
+        (or the authors' defaults), and returns an *unloaded* network plus what the inference
+        layer (upscale.infer) needs to know about it, including how a big image may be cut. `scale=` is always accepted: checked against the tensors where they show
         it, required where they do not. Unknown overrides raise UpscaleError.
 
 `from_state_dict` (models/__init__.py) then loads the weights strictly and wraps the result in
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscale.errors import UpscaleError
+from upscale.models.tiling import Blended, Cut, TileBytes
 
 
 @dataclass
@@ -38,6 +39,10 @@ class NetSpec:
     fp16_safe: bool = True  # False where fp16 is known to overflow (transformer attention)
     # LR pixels of context each output pixel depends on, per side; None when some layer is global.
     receptive_field: int | None = None
+    # How a big image may be cut (upscale.models.tiling): blended tiles, streamed rows or layer passes.
+    cut: Cut = field(default_factory=Blended)
+    # Working memory of one tile beyond its feature maps (PANet's attention); None: nothing more.
+    tile_extra_bytes: TileBytes | None = None
 
 
 class SRModel(nn.Module):
@@ -53,6 +58,8 @@ class SRModel(nn.Module):
         self.pad_multiple = spec.pad_multiple
         self.fp16_safe = spec.fp16_safe
         self.receptive_field = spec.receptive_field
+        self.cut = spec.cut
+        self.tile_extra_bytes = spec.tile_extra_bytes
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -443,4 +443,7 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
         # for which the authors' framework offers half precision at test time (--precision half).
         fp16_safe=True,
         receptive_field=None,  # the attention reaches the whole tile
+        tile_extra_bytes=lambda h, w, b: attention_bytes(
+            h, w, n_feats, match_feats=match_feats, levels=config["levels"], ksize=ksize, dtype_bytes=b
+        ),
     )

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscale import streaming
 from upscale.models.base import NetSpec, check_scale, count_blocks, take_overrides
+from upscale.models.tiling import Conv, Identity, Join, Map, Node, Seq, Streamed, residual
 
 ARCH = "vapsr"
 
@@ -126,14 +126,16 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
     net = VapSR(scale, **config).to(memory_format=torch.channels_last)  # load_state_dict keeps the layout
     # conv_first, each block (2 + 6 for the dilated conv), conv_body, then the LR-side upsampler convs
     receptive_field = 1 + 8 * num_block + 1 + 2
-    return NetSpec(net=net, scale=scale, config={"scale": scale, **config}, receptive_field=receptive_field)
+    return NetSpec(
+        net=net, scale=scale, config={"scale": scale, **config}, receptive_field=receptive_field,
+        cut=Streamed(stream),  # exact, without recomputing the 172-pixel receptive field around tiles
+    )
 
 
-def stream(net: VapSR) -> streaming.Node:
-    """The same forward as VapSR.forward, as row-streaming nodes (see upscale.streaming)."""
-    from upscale.streaming import Conv, Identity, Join, Map, Seq, residual
+def stream(net: VapSR) -> Node:
+    """The same forward as VapSR.forward, as row-streaming nodes (see upscale.models.tiling)."""
 
-    def block(b: VAB) -> streaming.Node:
+    def block(b: VAB) -> Node:
         attention = Join(
             Identity(),
             Seq(Map(b.atten_branch.pointwise), Conv(b.atten_branch.depthwise), Conv(b.atten_branch.depthwise_dilated)),

@@ -12,23 +12,41 @@ not write into their input (a queue may hold it); a join's combine may write int
 The result equals the whole-image forward to float rounding, at the cost of a few row copies;
 memory is the band plus 2r rows per layer of the full width.
 
-A family makes its network streamable by describing it with these nodes (`stream(net) -> Node`).
-Every node takes N×C×rows×W tensors and returns the rows it can now emit (possibly none);
-`last=True` tells it the input has ended, so it flushes what it holds.
+A family makes its network streamable by describing it with the nodes of upscale.models.tiling
+(`Streamed(nodes)`); `compile` turns that description into the stateful nodes here. Every one takes
+N×C×rows×W tensors and returns the rows it can now emit (possibly none); `last=True` tells it the
+input has ended, so it flushes what it holds.
+
+The runner: the image is not cut into overlapping tiles; bands of rows flow through the network, so
+the result is exact without recomputing a receptive field's worth of overlap (172 input pixels per
+side for VapSR ×4). Only an image too wide for the rows held is cut into vertical strips, with the
+receptive field as their overlap.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upscale.infer.context import Context
+from upscale.infer.memory import bytes_per_pixel, param_device
+from upscale.infer.tiles import cuts
+from upscale.models import tiling
+
 Rows = torch.Tensor | None  # None: no rows
+# Streamed bands on the CPU: 2000-wide VapSR ×4 bands of 64 rows ran as fast as bands of 273 rows, and
+# peaked at 1.8 GB resident instead of 3.9 GB (glibc's heap fragments around bigger blocks).
+CPU_STREAM_BAND = 1 << 17  # input pixels
 
 
-class Node:
+class RowNode:
     def step(self, x: Rows, last: bool) -> Rows:
         raise NotImplementedError
 
@@ -40,7 +58,7 @@ class Node:
         return []
 
 
-class Map(Node):
+class MapRows(RowNode):
     """A per-pixel function (or one that maps each input row to `factor` output rows by itself, like
     pixel shuffle or nearest upsampling): no state."""
 
@@ -51,7 +69,7 @@ class Map(Node):
         return None if x is None else self.fn(x)
 
 
-class Conv(Node):
+class ConvRows(RowNode):
     """A stride-1 nn.Conv2d with zero padding `r` = its vertical reach; keeps 2r rows of input."""
 
     def __init__(self, conv: nn.Conv2d):
@@ -113,8 +131,8 @@ def _zero_rows(like: torch.Tensor, r: int) -> torch.Tensor:
     return like.new_zeros(n, c, r, w)
 
 
-class Seq(Node):
-    def __init__(self, *nodes: Node):
+class SeqRows(RowNode):
+    def __init__(self, *nodes: RowNode):
         self.nodes = nodes
         self.widest = 1  # the most rows one step has brought in
 
@@ -162,18 +180,18 @@ def _regroup(pieces: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
     return [g[0] if len(g) == 1 else torch.cat(g, dim=2) for g in groups]
 
 
-class Identity(Node):
+class IdentityRows(RowNode):
     def step(self, x: Rows, last: bool) -> Rows:
         return x
 
 
-class Join(Node):
+class JoinRows(RowNode):
     """Two paths over the same input, combined row by row once both have produced a row:
     `combine(a_rows, b_rows)` writes its result into b_rows. Rows of the path that runs ahead wait
     in a queue of pieces; b's rows are combined with a's pieces slice by slice, so the usual case
     (a the shortcut, b the slower body) copies nothing."""
 
-    def __init__(self, a: Node, b: Node, combine: Callable[[torch.Tensor, torch.Tensor], object]):
+    def __init__(self, a: RowNode, b: RowNode, combine: Callable[[torch.Tensor, torch.Tensor], object]):
         self.a, self.b, self.combine = a, b, combine
         self.qa: list[torch.Tensor] = []
         self.qb: list[torch.Tensor] = []
@@ -224,12 +242,27 @@ def _rows(queue: list[torch.Tensor]) -> int:
     return sum(t.shape[2] for t in queue)
 
 
-def residual(body: Node) -> Join:
-    """x + body(x)."""
-    return Join(Identity(), body, lambda skip, y: y.add_(skip))
+def compile(node: tiling.Node) -> RowNode:
+    """The stateful row nodes for a description (upscale.models.tiling)."""
+    if isinstance(node, tiling.Conv):
+        return ConvRows(node.conv)
+    if isinstance(node, tiling.Map):
+        return MapRows(node.fn)
+    if isinstance(node, tiling.Identity):
+        return IdentityRows()
+    if isinstance(node, tiling.Seq):
+        return SeqRows(*[compile(n) for n in node.nodes])
+    if isinstance(node, tiling.Join):
+        return JoinRows(compile(node.a), compile(node.b), node.combine)
+    raise TypeError(f"not a row-streaming node: {node!r}")
 
 
-def held_per_column(node: Node, channels: int, device: torch.device, dtype: torch.dtype, rows: int = 64) -> int:
+def nodes_for(model: torch.nn.Module) -> RowNode:
+    """The row nodes of a model whose cut is Streamed (its network: the model's, in its device and dtype)."""
+    return compile(model.cut.nodes(model.net))
+
+
+def held_per_column(node: RowNode, channels: int, device: torch.device, dtype: torch.dtype, rows: int = 64) -> int:
     """Bytes per image column that `node` keeps between bands once it is running (its caches and
     queues), measured by streaming `rows` rows of a narrow zero image."""
     width = 4
@@ -241,12 +274,87 @@ def held_per_column(node: Node, channels: int, device: torch.device, dtype: torc
         node.reset()
 
 
-def run(node: Node, bands: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Stream `bands` (consecutive rows of one image) through `node` and concatenate the output (tests)."""
-    node.reset()
-    out = []
-    for i, band in enumerate(bands or []):
-        y = node.step(band, last=i == len(bands) - 1)
-        if y is not None:
-            out.append(y)
-    return torch.cat(out, dim=2)
+@dataclass(frozen=True)
+class StreamPlan:
+    strips: list[int]  # boundaries of the strips' core columns (usually one strip: the whole width)
+    margin: int  # context columns on each side of a strip: the receptive field, so strips are exact
+    rows: int  # input rows per band
+
+
+_held_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stream_plan(
+    model: torch.nn.Module, node: RowNode, h: int, w: int, tile: int | None, dtype: torch.dtype, budget: int
+) -> StreamPlan:
+    """Strips and bands for a streamed run. The nodes keep a few rows of every layer across the strip's
+    width, so the image is cut into vertical strips only where that would take more than half the
+    budget. Bands hold about tile² pixels when a tile is given (--tile, or after an out-of-memory
+    error), else as many as the other half of the budget allows."""
+    margin = model.receptive_field
+    device = param_device(model)
+    per_model = _held_cache.setdefault(model, {})
+    key = (str(device), dtype)
+    if key not in per_model:  # a run of its own (80 ms for VapSR ×4 on a CPU): once per model
+        per_model[key] = held_per_column(node, 3, device, dtype, rows=2 * margin + 8)  # past the longest lag
+    held = per_model[key]
+    n = 1
+    while n < w and held * min(w, math.ceil(w / n) + 2 * margin) > budget / 2:
+        n += 1
+    strips = cuts(w, math.ceil(w / n))
+    width = min(w, max(b - a for a, b in itertools.pairwise(strips)) + 2 * margin)
+    area = tile * tile if tile else budget / 2 / bytes_per_pixel(model, dtype)
+    if device.type == "cpu":
+        area = min(area, CPU_STREAM_BAND)
+    return StreamPlan(strips, margin, int(min(h, max(1, area // width))))
+
+
+def run_stream(ctx: Context, node: RowNode, plan: StreamPlan) -> None:
+    """Fill the context's result strip by strip, band by band, through `node` (the run model's rows;
+    the context's input range is the network's). A strip whose output goes non-finite in reduced
+    precision is streamed again in fp32 (the nodes carry rows from band to band, so a single band
+    cannot be redone alone)."""
+    h, w = ctx.array.shape[:2]
+    s = ctx.scale
+    xs = plan.strips
+    # Bands of equal height. A first band that also covered the network's lag (172 rows for VapSR ×4)
+    # made every later layer emit equal blocks, but set the heap's high-water mark at 3.6 times a
+    # band's working set on a 2000-wide image. With equal bands each layer emits a few odd blocks at
+    # the start, none larger than a band's (figures in benchmarks/README.md).
+    tops = list(range(0, h, plan.rows))
+    spans = list(zip(tops, [*tops[1:], h]))
+    ctx.total = (len(xs) - 1) * len(tops)
+    fp32_node = None
+
+    def stream_strip(nodes: RowNode, fp32: bool, j: int) -> bool:
+        x0, x1 = xs[j], xs[j + 1]
+        wx0, wx1 = max(0, x0 - plan.margin), min(w, x1 + plan.margin)
+        nodes.reset()
+        row = 0
+        ctx.done = j * len(tops)
+        try:
+            for top, bottom in [*spans, (None, None)]:
+                if top is None:
+                    # The end: every layer emits the rows it held back. Alone in its step, so that the
+                    # flushed blocks (smaller than a band) reuse freed band memory.
+                    y = nodes.step(None, last=True)
+                else:
+                    y = nodes.step(ctx.window(top, bottom, wx0, wx1, torch.float32 if fp32 else None), last=False)
+                if y is not None:
+                    if not fp32 and ctx.needs_fp32(y):
+                        return False
+                    ctx.store(y[0, :, :, (x0 - wx0) * s : (x1 - wx0) * s], row, x0 * s)
+                    row += y.shape[2]
+                if top is not None:
+                    ctx.tick()
+        finally:
+            nodes.reset()  # drop the rows held for this strip
+        assert row == h * s, (row, h * s)
+        return True
+
+    for j in range(len(xs) - 1):
+        if not stream_strip(node, False, j):
+            ctx.recomputed += 1
+            if fp32_node is None:
+                fp32_node = nodes_for(ctx.fp32_model)
+            stream_strip(fp32_node, True, j)

@@ -1,0 +1,144 @@
+"""The inference layer: running a model over an image of any size, exactly where the model allows it.
+
+    from upscale.infer import upscale_array
+    out = upscale_array(model, array, device="cuda", precision="auto", tile="auto")
+
+The model says how a big image may be cut (its `cut`, from NetSpec: see upscale.models.tiling); this
+package runs it. Modules: device (device and precision choice, prepared copies, out-of-memory
+detection), memory (memory model, budgets, the auto tile, the host allocator), context (one run:
+windows in, fp32 retry, integer result out, progress), and the three runners over a context: tiles
+(overlapping blended tiles), stream (row streaming), passes (layer passes).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from upscale.errors import UpscaleError
+from upscale.infer import memory, passes, stream, tiles
+from upscale.infer.context import Context, ProgressFn, to_tensor
+from upscale.infer.device import (
+    NAMES,
+    PRECISIONS,
+    free_cache,
+    is_oom,
+    prepare,
+    select_device,
+    select_precision,
+)
+from upscale.infer.memory import MIN_TILE, keep_freed_memory, release_freed_memory
+from upscale.models.tiling import Passes, Streamed
+
+__all__ = [
+    "MIN_TILE", "NAMES", "PRECISIONS", "Context", "NonFiniteWarning", "ProgressFn", "keep_freed_memory",
+    "parse_pixels", "release_freed_memory", "select_device", "select_precision", "to_tensor", "upscale_array",
+]
+
+
+class NonFiniteWarning(UserWarning):
+    """Some tiles overflowed in reduced precision and were recomputed in fp32."""
+
+
+def parse_pixels(value: int | str | None, what: str) -> int | None:
+    """None for auto, else a non-negative int."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UpscaleError(f"{what} must be a number of pixels or auto, not {value!r}") from None
+    if n < 0:
+        raise UpscaleError(f"{what} must be 0 or more pixels, not {n}")
+    return n
+
+
+@torch.inference_mode()
+def upscale_array(
+    model: torch.nn.Module,
+    array: np.ndarray,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    *,
+    precision: str = "auto",
+    tile: int | str | None = "auto",
+    tile_overlap: int | str | None = "auto",
+) -> np.ndarray:
+    """Upscale an H×W×3 uint8/uint16 array by `model.scale`; returns the same integer type.
+
+    tile: core side in input pixels (0 = the whole image at once; auto: from the device's free memory
+    and the model's cost). tile_overlap: context per side of overlapping tiles (auto: the receptive
+    field plus the blend ramp where finite, else 32). When tiled, a model whose cut is Streamed
+    (VapSR) streams rows instead, unless an overlap is given; one whose cut is Passes (A2N) always
+    runs in exact passes, which need no overlap.
+    precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile that comes out non-finite in
+    reduced precision is recomputed in fp32, with one warning.
+    On out-of-memory the tile side is halved and the image restarted, down to 32 pixels."""
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 array, got shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8 or uint16 pixels, got {array.dtype}")
+    device = torch.device(device)
+    dtype = select_precision(precision, device, model)
+    keep_freed_memory()  # without it, half of a CPU run is page faults (see memory)
+    h, w = array.shape[:2]
+    tile_n = parse_pixels(tile, "--tile")
+    overlap_given = parse_pixels(tile_overlap, "--tile-overlap")
+    overlap = tiles.default_overlap(model) if overlap_given is None else overlap_given
+    tile_given = tile_n is not None
+    if tile_n is None:
+        budget = memory.memory_budget(device)
+        tile_n = memory.auto_tile(model, h, w, overlap, dtype, budget, host_band=device.type == "cpu")
+    if tile_n and tile_n >= max(h, w):
+        tile_n = 0
+
+    try:
+        return _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, overlap_given is None)
+    finally:
+        release_freed_memory()  # kept for speed during the run, not after it (see memory)
+
+
+def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, auto_overlap) -> np.ndarray:
+    """The run with the runner the model's cut calls for, retried with smaller tiles on out-of-memory."""
+    h, w = array.shape[:2]
+    fp32_model = prepare(model, device, torch.float32)
+    run_model = prepare(model, device, dtype)
+    out = np.empty((h * model.scale, w * model.scale, 3), dtype=array.dtype)
+    cut = getattr(model, "cut", None)  # the caller's model says how it may be cut
+    shrink = 1  # streaming plans with half the memory budget, less after an out-of-memory error
+    while True:
+        ctx = Context(run_model, fp32_model, array, out, device, dtype, progress)
+        try:
+            if tile_n and isinstance(cut, Passes):  # exact, layer by layer
+                ctx.input_range = run_model.input_range  # the passes call the network's own modules
+                passes.run_passes(ctx, cut, tile_n)
+            elif tile_n and isinstance(cut, Streamed) and auto_overlap:  # exact, no overlap recompute
+                ctx.input_range = run_model.input_range
+                node = stream.nodes_for(run_model)
+                budget = memory.memory_budget(device) >> shrink
+                plan = stream.stream_plan(run_model, node, h, w, tile_given and tile_n, dtype, budget)
+                stream.run_stream(ctx, node, plan)
+            else:
+                tiles.run_tiles(ctx, tiles.Tiling(tile_n, overlap, tiles.feather_for(run_model, overlap)))
+            break
+        except Exception as exc:  # only out-of-memory is retried
+            if not is_oom(exc):
+                raise
+            free_cache(device)
+            current = tile_n or max(h, w)
+            if current <= MIN_TILE:
+                raise UpscaleError(
+                    f"out of memory on {device} even with {MIN_TILE}-pixel tiles: "
+                    "use --device cpu, a lower --precision, or close other programs using the device"
+                ) from None
+            tile_n = max(MIN_TILE, current // 2)
+            tile_given, shrink = True, shrink + 2  # a streamed run: a quarter of the band and of the budget
+    if ctx.recomputed:
+        warnings.warn(
+            f"{ctx.recomputed} of {ctx.total} tiles gave non-finite values in {NAMES[dtype]} and were recomputed in fp32",
+            NonFiniteWarning,
+            stacklevel=3,
+        )
+    return out

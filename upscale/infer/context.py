@@ -1,0 +1,100 @@
+"""One run of a model over one image: what every runner (tiles, stream, passes) does the same way.
+
+The image stays a host array (H×W×C, uint8 or uint16); only windows of it move to the device, and
+the result is written straight into a host array of the same integer type. The context owns, once:
+moving a window to the device and into the network's input range, the fp32 recompute of output that
+came out non-finite in reduced precision, storing float output into the integer result, and progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); the total can change after an OOM retry
+
+
+def to_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """H×W×C integer array → 1×C×H×W float32 in 0..1 on `device` (the integers cross, not floats)."""
+    x = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
+    return x.to(torch.float32).div_(float(np.iinfo(array.dtype).max))
+
+
+class Context:
+    """`model` on `device` in `dtype` and `fp32_model`, its float32 twin, over `array` into `out`.
+
+    `input_range`: the range the tensors a runner computes with are in. 1.0 for runners that call the
+    model (SRModel scales inside); the network's range for runners that call the network's own
+    modules (streamed rows, passes), so that windows come in and results go out scaled here."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        fp32_model: torch.nn.Module,
+        array: np.ndarray,
+        out: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype,
+        progress: ProgressFn | None = None,
+        input_range: float = 1.0,
+    ):
+        self.model, self.fp32_model = model, fp32_model
+        self.array, self.out = array, out
+        self.device, self.dtype = device, dtype
+        self.progress = progress
+        self.input_range = float(input_range)
+        self.scale: int = model.scale
+        self.peak = float(np.iinfo(out.dtype).max)
+        self.recomputed = 0  # steps recomputed in fp32
+        self.done = 0
+        self.total = 1
+
+    # ---- in ------------------------------------------------------------------------------------
+
+    def window(self, top: int, bottom: int, left: int, right: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Input rows [top, bottom) × columns [left, right) as 1×3×h×w on the device, in the input range
+        and `dtype` (the run's by default)."""
+        x = to_tensor(self.array[top:bottom, left:right], self.device)
+        if self.input_range != 1.0:
+            x = x.mul_(self.input_range)
+        return x.to(dtype or self.dtype)
+
+    # ---- reduced precision -----------------------------------------------------------------------
+
+    def needs_fp32(self, y: torch.Tensor) -> bool:
+        """Output that overflowed in reduced precision: to be recomputed in float32."""
+        return self.dtype != torch.float32 and not bool(torch.isfinite(y).all())
+
+    def forward(self, compute: Callable[[bool], torch.Tensor]) -> torch.Tensor:
+        """compute(False) runs in the run's precision; where its output is non-finite, compute(True) runs
+        the float32 twin instead (counted in `recomputed`)."""
+        y = compute(False)
+        if self.needs_fp32(y):
+            self.recomputed += 1
+            y = compute(True)
+        return y
+
+    # ---- out -----------------------------------------------------------------------------------
+
+    def store(self, y: torch.Tensor, top: int, left: int) -> None:
+        """C×h×w (or 1×C×h×w) float output in the input range, any device → the integer result at output
+        row `top`, column `left`: clamped and rounded as the papers' test code does, a few rows at a time."""
+        if y.dim() == 4:
+            y = y[0]
+        c, h, w = y.shape
+        dst = self.out[top : top + h, left : left + w]
+        step = max(1, (1 << 22) // max(1, c * w))  # 16 MB of float rows per chunk
+        for r in range(0, h, step):
+            q = y[:, r : r + step].float()
+            if self.input_range != 1.0:
+                q = q.div(self.input_range)
+            q = q.clamp(0, 1).mul_(self.peak).round_().to(torch.int32)
+            dst[r : r + step] = q.permute(1, 2, 0).cpu().numpy()
+
+    def tick(self) -> None:
+        """One step done (a tile, a band, a tile of a pass)."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)

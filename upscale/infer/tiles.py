@@ -1,0 +1,148 @@
+"""Overlapping tiles, blended: the cut for networks without an exact one (HAT, PANet, --tta, --tile-overlap).
+
+Geometry (all in input pixels): the image is cut into a grid of *cores* of at most `tile` pixels per
+side. Each tile's network input is its core plus `overlap` pixels of context on every side (clipped
+at the image edges, grown where it can to the model's `pad_multiple`). The blend ramp is centred on
+each core boundary and `feather` pixels wide on either side of it; the tile's output is used only
+where it has at least `overlap - feather` pixels of context. For a model with a finite receptive
+field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result. Outputs
+are blended with complementary sin² ramps, accumulated in float32 one row of tiles at a time, and
+each finished band of output rows is rounded into the integer result, so no full-resolution float
+image is ever held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from upscale.infer.context import Context
+
+FEATHER = 4  # half-width of the blend ramp, input pixels (the default)
+OVERLAP_GLOBAL = 32  # default overlap for models whose receptive field is not finite
+
+
+@dataclass(frozen=True)
+class Tiling:
+    tile: int  # core side in input pixels (0: the whole image as one tile)
+    overlap: int  # context per side, input pixels
+    feather: int  # blend ramp half-width, input pixels (0: cores are pasted)
+
+
+def default_overlap(model: torch.nn.Module) -> int:
+    """Finite receptive field: RF plus the blend ramp, so tiles are exact. Otherwise a fixed margin."""
+    rf = getattr(model, "receptive_field", None)
+    return rf + FEATHER if rf is not None else OVERLAP_GLOBAL
+
+
+def feather_for(model: torch.nn.Module, overlap: int) -> int:
+    """Blend only where every used pixel still has its full receptive field of context; without a finite
+    field, discard the outer half of the overlap and blend over the inner half (the outer pixels of a
+    tile are the least like the neighbour's)."""
+    rf = getattr(model, "receptive_field", None)
+    if rf is not None and overlap >= rf:
+        return min(FEATHER, overlap - rf) if overlap - rf < 2 * FEATHER else (overlap - rf) // 2
+    return overlap // 2
+
+
+def cuts(size: int, tile: int) -> list[int]:
+    """Boundaries of near-equal cores of at most `tile` pixels (no sliver at the end)."""
+    n = 1 if tile <= 0 or tile >= size else math.ceil(size / tile)
+    return [(i * size) // n for i in range(n + 1)]
+
+
+def window(lo: int, hi: int, size: int, overlap: int, multiple: int) -> tuple[int, int]:
+    """The input span a core [lo, hi) is computed from: `overlap` context each side, clipped to the image,
+    then grown inside the image towards a multiple of `multiple` (SRModel reflect-pads what remains)."""
+    a, b = max(0, lo - overlap), min(size, hi + overlap)
+    need = (-(b - a)) % multiple
+    grow = min(need, size - b)
+    b += grow
+    a -= min(need - grow, a)
+    return a, b
+
+
+def ramp_weights(lo: int, hi: int, size: int, feather: int, scale: int) -> tuple[int, np.ndarray]:
+    """1-D blend weights of the output of core [lo, hi): (first output index, weights).
+
+    sin² ramps centred on interior core boundaries: a tile's weight and its neighbour's sum to 1."""
+    f = feather if lo > 0 else 0
+    g = feather if hi < size else 0
+    start, stop = (lo - f) * scale, (hi + g) * scale
+    u = (np.arange(start, stop, dtype=np.float64) + 0.5) / scale  # output pixel centres, input units
+    w = np.ones_like(u)
+    if f:
+        w *= np.sin(np.pi / 2 * np.clip((u - (lo - f)) / (2 * f), 0, 1)) ** 2
+    if g:
+        w *= np.sin(np.pi / 2 * np.clip(((hi + g) - u) / (2 * g), 0, 1)) ** 2
+    return start, w.astype(np.float32)
+
+
+def run_tiles(ctx: Context, tiling: Tiling) -> None:
+    """Fill the context's result tile by tile, calling its model on each tile's window."""
+    h, w = ctx.array.shape[:2]
+    s = ctx.scale
+    multiple = getattr(ctx.model, "pad_multiple", 1)
+    ys, xs = cuts(h, tiling.tile), cuts(w, tiling.tile)
+    smallest = min(min(np.diff(ys)), min(np.diff(xs)))
+    feather = min(tiling.feather, smallest // 2)
+    ctx.total = (len(ys) - 1) * (len(xs) - 1)
+
+    # Per-axis weights; the grid makes the 2-D weight separable, so is its normalising sum.
+    col_weights = [ramp_weights(xs[j], xs[j + 1], w, feather, s) for j in range(len(xs) - 1)]
+    norm_x = np.zeros(w * s, dtype=np.float32)
+    for start, wt in col_weights:
+        norm_x[start : start + len(wt)] += wt
+    row_weights = [ramp_weights(ys[i], ys[i + 1], h, feather, s) for i in range(len(ys) - 1)]
+
+    def forward(wy0: int, wy1: int, wx0: int, wx1: int) -> torch.Tensor:
+        def compute(fp32: bool) -> torch.Tensor:
+            if fp32:
+                return ctx.fp32_model(ctx.window(wy0, wy1, wx0, wx1, torch.float32))
+            return ctx.model(ctx.window(wy0, wy1, wx0, wx1))
+
+        return ctx.forward(compute).float()
+
+    if ctx.total == 1:  # the whole image as one tile: round on the device, move integers in row chunks
+        y = forward(*window(0, h, h, 0, multiple), *window(0, w, w, 0, multiple))
+        ctx.store(y[0, :, : h * s, : w * s], 0, 0)
+        ctx.tick()
+        return
+
+    band: np.ndarray | None = None  # float32 rows [band_top, band_top + len(band)) of the output
+    band_top = 0
+    for i in range(len(ys) - 1):
+        r_start, r_wt = row_weights[i]
+        r_stop = r_start + len(r_wt)
+        # rows carried from the previous tile row are the top of this band
+        new_band = np.zeros((r_stop - r_start, w * s, 3), dtype=np.float32)
+        if band is not None:
+            keep = band_top + len(band) - r_start
+            new_band[:keep] = band[r_start - band_top :]
+        band, band_top = new_band, r_start
+        wy0, wy1 = window(ys[i], ys[i + 1], h, tiling.overlap, multiple)
+        for j in range(len(xs) - 1):
+            c_start, c_wt = col_weights[j]
+            c_stop = c_start + len(c_wt)
+            wx0, wx1 = window(xs[j], xs[j + 1], w, tiling.overlap, multiple)
+            y = forward(wy0, wy1, wx0, wx1)
+            part = y[0, :, r_start - wy0 * s : r_stop - wy0 * s, c_start - wx0 * s : c_stop - wx0 * s]
+            wt = torch.from_numpy(np.outer(r_wt, c_wt)).to(part.device)
+            band[:, c_start:c_stop] += (part * wt).permute(1, 2, 0).cpu().numpy()
+            del y, part
+            ctx.tick()
+        # rows no later tile row touches are final: normalise, round and store them
+        final = row_weights[i + 1][0] if i + 2 < len(ys) else r_stop
+        rows = band[: final - band_top]
+        norm_y = np.zeros(len(rows), dtype=np.float32)
+        for start, wt in row_weights[max(0, i - 1) : i + 2]:
+            lo, hi = max(start, band_top), min(start + len(wt), final)
+            if lo < hi:
+                norm_y[lo - band_top : hi - band_top] += wt[lo - start : hi - start]
+        rows /= norm_y[:, None, None]
+        rows /= norm_x[None, :, None]
+        ctx.store(torch.from_numpy(rows).permute(2, 0, 1), band_top, 0)
+        band, band_top = band[final - band_top :], final
