@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +20,10 @@ from upscale.errors import UpscaleError, UsageError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from upscale.animation import AnimationResult
     from upscale.infer import ProgressFn
     from upscale.models import SRModel
+    from upscale.video import VideoResult
 
 DEFAULT_MODEL = "vapsr"
 ALPHA_METHODS = ("model", "resize")
@@ -204,16 +207,78 @@ class Upscaler:
         fmt: str | None = None,
         quality: int | None = None,
     ) -> Path:
-        """Upscale one image file; the default output is `<stem>_x<scale>.png` beside the input.
-        The output is written atomically and never over the input. (Folders, skipping of existing
-        outputs and per-file reports: upscale.batch.)"""
+        """Upscale one image, animation or video file; the default output is `<stem>_x<scale>.png` beside
+        the input (an animation or a video keeps its own format). The output is written atomically and
+        never over the input. (Folders, skipping of existing outputs and per-file reports: upscale.batch.)"""
+        from upscale import animation, video
+
         src = Path(src)
+        if video.is_video(src):
+            return self.upscale_video(src, dst, progress=progress).output
+        if animation.is_animated(src):
+            return self.upscale_animation(src, dst, fmt=fmt, quality=quality, progress=progress).output
         dst = Path(dst) if dst is not None else default_output(src, self.scale, outscale=self.outscale)
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise UpscaleError(f"refusing to overwrite the input {src}: choose another output")
+        _refuse_input(src, dst)
         picture = images.read_image(src, max_pixels=self.max_pixels)
         images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality)
         return dst
+
+    # -- moving pictures -------------------------------------------------------------------------------
+
+    def upscale_frames(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Frames in, upscaled frames out, one at a time (e.g. `video.read_frames(path)` in): nothing
+        is read ahead, so a long sequence takes the memory of one frame."""
+        for frame in frames:
+            yield self.upscale_array(frame)
+
+    def upscale_video(
+        self,
+        src: str | Path,
+        dst: str | Path | None = None,
+        *,
+        codec: str | None = None,
+        crf: int | None = None,
+        preset: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> VideoResult:
+        """Upscale a video file as a stream (upscale/video.py); the default output is
+        `<stem>_x<scale>.<same container>` beside the input (.mkv where that container cannot hold
+        `codec`). The result says what was written (`.output`), frames, fps, duration, codec."""
+        from upscale import video
+
+        src = Path(src)
+        if dst is None:
+            dst = default_output(src, self.scale, outscale=self.outscale, ext=video.output_suffix(src.suffix, codec))
+        dst = Path(dst)
+        _refuse_input(src, dst)
+        self.model  # load (and fail) before the output file is started  # noqa: B018
+        settings = video.VideoSettings(codec=codec, crf=crf, preset=preset)
+        result = video.transcode(self.upscale_array, src, dst, settings, max_pixels=self.max_pixels, progress=progress)
+        result.output = dst
+        return result
+
+    def upscale_animation(
+        self,
+        src: str | Path,
+        dst: str | Path | None = None,
+        fmt: str | None = None,
+        quality: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> AnimationResult:
+        """Upscale every frame of an animated GIF, WebP or PNG (upscale/animation.py); the default output
+        keeps the format, `<stem>_x<scale>.<ext>` beside the input."""
+        from upscale import animation
+
+        src = Path(src)
+        if dst is None:
+            ext = animation.FORMATS[animation.output_format(fmt, src)][1]
+            dst = default_output(src, self.scale, outscale=self.outscale, ext=ext)
+        dst = Path(dst)
+        _refuse_input(src, dst)
+        result = animation.transcode(self.upscale_array, src, dst, fmt, quality=quality,
+                                     max_pixels=self.max_pixels, progress=progress)
+        result.output = dst
+        return result
 
     # -- channels the network does not see as RGB ----------------------------------------------------
 
@@ -261,6 +326,11 @@ class Upscaler:
         if size == (out.shape[1], out.shape[0]):
             return out
         return _resize(out, *size)
+
+
+def _refuse_input(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UpscaleError(f"refusing to overwrite the input {src}: choose another output")
 
 
 def _resize(a: np.ndarray, width: int, height: int) -> np.ndarray:
