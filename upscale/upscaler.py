@@ -247,11 +247,11 @@ class Upscaler:
         from upscale import video
 
         src = Path(src)
+        scale = self.scale  # loads the model (and fails) before the output file is started
         if dst is None:
-            dst = default_output(src, self.scale, outscale=self.outscale, ext=video.output_suffix(src.suffix, codec))
+            dst = default_output(src, scale, outscale=self.outscale, ext=video.output_suffix(src.suffix, codec))
         dst = Path(dst)
         _refuse_input(src, dst)
-        self.model  # load (and fail) before the output file is started  # noqa: B018
         settings = video.VideoSettings(codec=codec, crf=crf, preset=preset)
         result = video.transcode(self.upscale_array, src, dst, settings, max_pixels=self.max_pixels, progress=progress)
         result.output = dst
