@@ -57,8 +57,8 @@ def is_animated(path: str | Path) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                return bool(getattr(im, "is_animated", False)) and getattr(im, "n_frames", 1) > 1
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError):
+                return bool(getattr(im, "is_animated", False))  # looks for a second frame only
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, IndexError):
         return False  # the image path reports what is wrong with it
 
 
@@ -91,7 +91,7 @@ def transcode(
             warnings.simplefilter("ignore")
             with Image.open(src) as im:
                 images._check_size(im.size, max_pixels, str(src))
-                count = getattr(im, "n_frames", 1)
+                count = _frame_count(im)
                 loop = im.info.get("loop")
                 in_size = im.size
                 transparent = _has_transparency(im)
@@ -104,12 +104,12 @@ def transcode(
                         big = np.dstack([big, np.full(big.shape[:2], 255, np.uint8)])
                     frames.append(_store(big, key))
                     if progress:
-                        progress(i + 1, count)
+                        progress(i + 1, max(count, i + 1))
     except FileNotFoundError:
         raise UpscaleError(f"input not found: {src}") from None
     except UnidentifiedImageError:
         raise UpscaleError(f"not an image file (or a format Pillow cannot read): {src}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:  # Pillow's GIF reader: IndexError
         done = len(frames)
         raise UpscaleError(f"cannot decode frame {done + 1} of {src} (corrupt or truncated?): {exc}; "
                            f"{done} frames were readable") from None
@@ -119,6 +119,16 @@ def transcode(
     images.write_bytes(data, dst)
     out_size = frames[0].size
     return AnimationResult(len(frames), durations, loop, key, in_size, out_size, notes, dst)
+
+
+def _frame_count(im: Image.Image) -> int:
+    """How many frames the file says it has; 0 when counting fails (a damaged file: the frames that can
+    be read are then read, and the error names how many)."""
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError):
+        im.seek(0)
+        return 0
 
 
 def _has_transparency(im: Image.Image) -> bool:
