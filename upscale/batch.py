@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from upscale import images
+from upscale import animation, images, video
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
     from upscale.infer import ProgressFn
     from upscale.upscaler import Upscaler
+
+# Files a folder walk or a glob takes: stills, animations and videos.
+MEDIA_SUFFIXES = images.IMAGE_SUFFIXES | animation.ANIMATION_SUFFIXES | video.VIDEO_SUFFIXES
 
 STDIO = "-"
 _GLOB_CHARS = set("*?[")
@@ -49,6 +52,7 @@ class Job:
     fmt: str
     skip: str | None = None  # why it will not run (its output exists)
     error: str | None = None  # why it cannot run (decided while planning)
+    kind: str = "image"  # "image", "animation" (every frame, format kept) or "video" (upscale/video.py)
 
     @property
     def output_label(self) -> str:
@@ -66,9 +70,11 @@ class Result:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)  # model, scale, device, precision
+    media: dict[str, Any] = field(default_factory=dict)  # animations and videos: frames, timing, codec
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **self.media,
             "input": self.input,
             "output": self.output,
             "status": self.status,
@@ -110,7 +116,7 @@ def collect(inputs: Sequence[str | Path], recursive: bool = False, exclude: Path
         elif _GLOB_CHARS & set(text):
             root = _glob_root(text)
             matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            found = [p for p in matches if _is_image_file(p)]
+            found = [p for p in matches if _is_media_file(p)]
             if not found:
                 raise UsageError(f"no images match {text}")
             sources += [Source(p, _relative(p, root)) for p in found]
@@ -127,14 +133,23 @@ def _walk(folder: Path, recursive: bool, skip_dir: Path | None) -> list[Path]:
         here = Path(root)
         # prune hidden folders and the output folder; sorted so runs are repeatable
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip_dir)
-        found += [here / f for f in sorted(files) if _is_image_file(here / f)]
+        found += [here / f for f in sorted(files) if _is_media_file(here / f)]
         if not recursive:
             break
     return found
 
 
-def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in images.IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+def _is_media_file(path: Path) -> bool:
+    return path.suffix.lower() in MEDIA_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def kind_of(path: Path | None) -> str:
+    """"video" by the name, "animation" when the file holds more than one frame, else "image"."""
+    if path is None:
+        return "image"  # standard input: one image
+    if video.is_video(path):
+        return "video"
+    return "animation" if animation.is_animated(path) else "image"
 
 
 def _glob_root(pattern: str) -> Path:
@@ -168,6 +183,7 @@ def plan(
     tag: str,
     fmt: str | None = None,
     overwrite: bool = False,
+    codec: str | None = None,
 ) -> list[Job]:
     """Decide each source's output.
 
@@ -175,6 +191,8 @@ def plan(
     folder / a path ending in a separator / a path without an extension / any path when there are several
     inputs (a folder, created; structure under input folders mirrored), or else one output file.
     `tag` goes between the stem and the extension (e.g. "_x4"); `fmt` overrides the output extension.
+    An animation keeps its format unless `fmt` is given; a video keeps its container (.mkv where that
+    cannot hold `codec`) and ignores `fmt`.
     """
     check_output(sources, output)
     fmt_key = images.format_name(fmt) if fmt else None
@@ -191,29 +209,32 @@ def plan(
         if folder_like or len(sources) > 1 or any(s.rel is not None for s in sources):
             if path.exists() and not path.is_dir():
                 raise UsageError(f"{path} is a file, but {len(sources)} inputs need an output folder")
-            if path.suffix.lower() in images.IMAGE_SUFFIXES and not path.is_dir():
+            if path.suffix.lower() in MEDIA_SUFFIXES and not path.is_dir():
                 raise UsageError(f"-o {path} names one file, but there are {len(sources)} inputs: give a folder")
             out_dir = path
         else:
             out_file = path
-            images.format_name(fmt, path)  # an unknown extension is a usage error, found before any work
+            if kind_of(sources[0].path) == "image":
+                images.format_name(fmt, path)  # an unknown extension is a usage error, found before any work
 
     jobs: list[Job] = []
     for src in sources:
         if to_stdout or (src.path is None and output is None):
             jobs.append(Job(src, None, fmt_key or "png"))
             continue
+        kind = kind_of(src.path)
         if out_file is not None:
-            jobs.append(Job(src, out_file, images.format_name(fmt, out_file)))
+            out_fmt = images.format_name(fmt, out_file) if kind == "image" else (fmt or "")
+            jobs.append(Job(src, out_file, out_fmt, kind=kind))
             continue
         stem = "stdin" if src.path is None else src.path.stem
-        name = f"{stem}{tag}{ext}"
+        name = f"{stem}{tag}{_moving_suffix(src.path, kind, fmt_key, codec) or ext}"
         if out_dir is not None:
             sub = src.rel.parent if src.rel is not None else Path()
             dst = out_dir / sub / name
         else:
             dst = src.path.parent / name  # type: ignore[union-attr]  # stdin without -o went to stdout above
-        jobs.append(Job(src, dst, fmt_key or "png"))
+        jobs.append(Job(src, dst, fmt_key or ("png" if kind == "image" else ""), kind=kind))
     _check_jobs(jobs, overwrite)
     return jobs
 
@@ -226,6 +247,15 @@ def stdout_target(sources: Sequence[Source], output: str | Path | None, stdout: 
     if to_stdout and stdout is not None and stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     return to_stdout
+
+
+def _moving_suffix(path: Path | None, kind: str, fmt: str | None, codec: str | None) -> str | None:
+    """The output extension of a video (its container) or an animation (its format, or -f's)."""
+    if path is None or kind == "image":
+        return None
+    if kind == "video":
+        return video.output_suffix(path.suffix, codec)
+    return images.FORMATS[fmt][1] if fmt else path.suffix.lower()
 
 
 def check_output(sources: Sequence[Source], output: str | Path | None) -> None:
@@ -275,6 +305,7 @@ def run(
     catch: bool = True,
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | None = None,
+    video_settings: video.VideoSettings | None = None,
 ) -> Iterator[Result]:
     """Run the jobs in order, yielding one Result each. A failed job does not stop the others
     (`catch=False` lets unexpected exceptions through, for debugging)."""
@@ -288,7 +319,11 @@ def run(
             continue
         start = time.perf_counter()
         try:
-            result = _one(upscaler, job, quality, progress(job) if progress else None, stdin, stdout)
+            step = progress(job) if progress else None
+            if job.kind == "image":
+                result = _one(upscaler, job, quality, step, stdin, stdout)
+            else:
+                result = _moving(upscaler, job, quality, step, video_settings)
         except UpscaleError as exc:
             result = Result(job.source.label, job.output_label, "failed", error=str(exc))
         except Exception as exc:  # e.g. out of memory on one huge image: report it, go on with the rest
@@ -302,6 +337,30 @@ def run(
         result.seconds = time.perf_counter() - start
         result.run = info
         yield result
+
+
+def _moving(
+    up: Upscaler, job: Job, quality: int | None, progress: ProgressFn | None, settings: video.VideoSettings | None,
+) -> Result:
+    """An animation or a video: written by the library in a stream, reported as one job."""
+    src, dst = job.source.path, job.output
+    assert src is not None and dst is not None  # planned from files, never standard input or output
+    _make_folder(dst)
+    if job.kind == "video":
+        s = settings or video.VideoSettings()
+        r = up.upscale_video(src, dst, codec=s.codec, crf=s.crf, preset=s.preset, progress=progress)
+        media = {"frames": r.frames, "fps": r.fps, "duration": r.duration, "codec": r.codec}
+    else:
+        r = up.upscale_animation(src, dst, fmt=job.fmt or None, quality=quality, progress=progress)
+        media = {"frames": r.frames, "duration": r.duration, "loop": r.loop, "format": r.format}
+    return Result(job.source.label, job.output_label, "ok", r.input_size, r.output_size, notes=r.notes, media=media)
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UpscaleError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
 
 
 def _one(
@@ -321,9 +380,6 @@ def _one(
         out.write(data)
         out.flush()
     else:
-        try:
-            job.output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UpscaleError(f"cannot create the folder {job.output.parent}: {exc.strerror}") from None
+        _make_folder(job.output)
         images.write_bytes(data, job.output)
     return Result(src.label, job.output_label, "ok", picture.size, big.size, notes=notes)

@@ -215,6 +215,16 @@ def _open_input(path: Path, max_pixels: int | None) -> _Source:
         raise
 
 
+def check_settings(s: VideoSettings) -> VideoSettings:
+    """The settings with the codec's name normalised (hevc → h265), or a UsageError for options that
+    do not fit the codec (checked before any model is loaded). A codec of None stays None: the
+    default depends on each output's container."""
+    if s.codec is not None:
+        s = VideoSettings(codec_name(s.codec), s.crf, s.preset)
+    _check_encoder_options(s.codec or "h264", s)
+    return s
+
+
 def _check_encoder_options(key: str, s: VideoSettings) -> None:
     if s.crf is not None:
         if key == "ffv1":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
@@ -67,11 +68,18 @@ class Report:
         if self._bar is None or self._task is None:
             return None
         bar, task = self._bar, self._task
-        return lambda done, total: bar.update(task, completed=done, total=total)
+        bar.reset(task, total=None, description="")
+        if getattr(job, "kind", "image") == "image":
+            return lambda done, total: bar.update(task, completed=done, total=total)
+        start = time.perf_counter()
+
+        def frames(done: int, total: int) -> None:  # an animation or a video: frames, and how fast they go
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, total=total, description=f"frames, {rate:.1f}/s")
+
+        return frames
 
     def run(self, results: Iterable, count: int) -> None:
-        import time
-
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         start = time.perf_counter()
@@ -102,9 +110,18 @@ class Report:
             say(f"skipped: {r.error}")
         else:
             (w, h), (bw, bh) = r.input_size, r.output_size
-            say(f"{r.input} → {r.output}  {w}×{h} → {bw}×{bh}  {r.seconds:.1f} s")
+            say(f"{r.input} → {r.output}  {w}×{h} → {bw}×{bh}  {_frames(r)}{r.seconds:.1f} s")
             for note in r.notes:
                 say(f"note: {r.input}: {note}")
+
+
+def _frames(r) -> str:
+    """For an animation or a video: frames, duration, codec or format, and frames per second."""
+    media = getattr(r, "media", None) or {}
+    if "frames" not in media:
+        return ""
+    n, rate = media["frames"], media["frames"] / max(r.seconds, 1e-9)
+    return f"{n} frames, {media['duration']:.1f} s, {media.get('codec') or media.get('format')}, {rate:.1f} frames/s  "
 
 
 @contextmanager

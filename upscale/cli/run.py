@@ -22,6 +22,9 @@ Examples:
   upscale photo.png --weights my.pth       a checkpoint of your own (architecture detected)
   cat in.jpg | upscale - -o - > out.png    a pipe: logs go to stderr, the image to stdout
   upscale photos/ --json -q                one JSON object per image, for scripts
+  upscale clip.mp4 -s 2                    a video, frame by frame: clip_x2.mp4 (sound kept)
+  upscale clip.mkv --codec h265 --crf 20   another codec; ffv1 is lossless
+  upscale sticker.gif                      every frame of an animation: sticker_x4.gif
   upscale models                           the models you can use
 
 \b
@@ -36,7 +39,8 @@ HELP = "Upscale images (the default command: `upscale photo.png` is `upscale run
 def run(
     inputs: Annotated[
         list[str] | None,
-        typer.Argument(help="Image files, folders, glob patterns, or - for standard input.", show_default=False,
+        typer.Argument(help="Image, animation or video files, folders, glob patterns, or - for standard input.",
+                       show_default=False,
                        metavar="INPUTS..."),
     ] = None,
     model: options.Model = None,
@@ -99,13 +103,28 @@ def run(
     tta: Annotated[
         bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
     ] = False,
+    codec: Annotated[
+        str | None, typer.Option("--codec", metavar="NAME", show_default=False,
+                                 help="Video codec: h264 (default; vp9 for .webm), h265, vp9, av1 or ffv1 (lossless).")
+    ] = None,
+    crf: Annotated[
+        int | None, typer.Option("--crf", metavar="N", show_default=False,
+                                 help="Video quality, lower is better (default: h264 18, h265 20, vp9/av1 30).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", metavar="NAME", show_default=False,
+                                 help="Video encoder speed: ultrafast..veryslow for h264/h265 (default medium); "
+                                 "a number for vp9 (0-8) and av1 (0-13).")
+    ] = None,
     json_lines: options.Json = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
     from upscale import batch
     from upscale.upscaler import Upscaler
+    from upscale.video import VideoSettings, check_settings
 
+    settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))  # before any model loads
     sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
     to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
     limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
@@ -113,8 +132,9 @@ def run(
                   offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
                   **limit)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
-    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite)
+    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=settings.codec)
     report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
-    report.run(batch.run(up, jobs, quality=quality, catch=not debug, progress=report.progress_for), len(jobs))
+    results = batch.run(up, jobs, quality=quality, catch=not debug, progress=report.progress_for, video_settings=settings)
+    report.run(results, len(jobs))
     if report.failed:
         raise typer.Exit(1)
