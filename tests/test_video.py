@@ -251,3 +251,73 @@ def test_real_vapsr_x2(shared, tmp_path):
         want = up.upscale_array(frame).astype(np.float64)
         mse = ((got.astype(np.float64) - want) ** 2).mean()
         assert 10 * np.log10(255**2 / mse) > 30  # H.264 at CRF 18 keeps the network's output
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+
+def test_cli_folder_mixing_stills_animations_and_videos(tiny_weights, tmp_path):
+    import json
+
+    from cli_helpers import run_cli
+    from media_helpers import make_animation
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=5)
+    make_clip(src / "odd.webm", size=(31, 23), frames=3, audio=False)
+    make_animation(src / "sticker.gif")
+    Image.fromarray(np.zeros((8, 6, 3), np.uint8)).save(src / "still.png")
+    (src / "broken.mkv").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(200))
+    out = tmp_path / "out"
+    proc = run_cli(src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--json", "--codec", "h265",
+                   "--crf", "28", "--preset", "ultrafast")
+    assert proc.returncode == 1, proc.stderr.decode()  # one file failed, the others were done
+    rows = {Path(r["input"]).name: r for r in map(json.loads, proc.stdout.decode().splitlines())}
+    assert rows["broken.mkv"]["status"] == "failed" and "broken.mkv" in rows["broken.mkv"]["error"]
+    clip = rows["clip.mp4"]
+    assert clip["status"] == "ok" and clip["output"].endswith("clip_x2.mp4")
+    assert clip["frames"] == 5 and clip["codec"] == "h265" and clip["fps"] == 24.0 and clip["seconds"] > 0
+    assert abs(clip["duration"] - 5 / 24) < 1e-3
+    odd = rows["odd.webm"]  # WebM takes no h265: Matroska instead
+    assert odd["output"].endswith("odd_x2.mkv") and odd["output_size"] == [62, 46] and odd["codec"] == "h265"
+    assert rows["sticker.gif"]["frames"] == 3 and rows["sticker.gif"]["output"].endswith("sticker_x2.gif")
+    assert rows["still.png"]["output"].endswith("still_x2.png") and "frames" not in rows["still.png"]
+    errors = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr.decode()
+    assert read_video(out / "clip_x2.mp4")["codec"] == "hevc"
+    assert sorted(p.name for p in out.iterdir()) == ["clip_x2.mp4", "odd_x2.mkv", "sticker_x2.gif", "still_x2.png"]
+
+    again = run_cli(src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--codec", "hevc")
+    assert again.returncode == 1 and again.stderr.decode().count("skipped:") == 4  # resumes; broken still fails
+    bad = run_cli(src / "clip.mp4", "--weights", tiny_weights, "--codec", "divx")
+    assert bad.returncode == 2 and "divx" in bad.stderr.decode()
+
+
+def test_cli_interrupted_video_leaves_no_partial_file(tiny_weights, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "long.mkv"
+    make_clip(src, size=(64, 48), frames=240, audio=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "upscale", str(src), "-o", str(out / "long_x2.mkv"), "--weights", str(tiny_weights),
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+    deadline = time.monotonic() + 120
+    while not any(out.iterdir()):  # the temporary file is there: the model is loaded, frames are flowing
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the clip was done before the interruption: make it longer"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
+    assert list(out.iterdir()) == []
