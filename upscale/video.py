@@ -133,6 +133,8 @@ def transcode(
     settings = settings or VideoSettings()
     key = codec_name(settings.codec, dst.suffix)
     _check_encoder_options(key, settings)
+    if not _fits(dst.suffix, _CODEC_IDS[key]):
+        raise UsageError(f"{dst.suffix or 'a file without extension'} cannot hold {key} video: name the output .mkv")
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
         raise UpscaleError(f"output folder does not exist: {folder}")
@@ -445,7 +447,7 @@ class _FrameInfo:
         rgb = name.startswith(("gbr", "rgb", "bgr", "argb", "abgr", "0rgb", "0bgr"))
         chroma = "444" if rgb or name.startswith(("yuv444", "yuvj444", "gray")) else (
             "422" if name.startswith(("yuv422", "yuvj422", "nv16", "nv20", "yuyv422", "uyvy422")) else "420")
-        full = frame.color_range == 2 or name.startswith("yuvj") or rgb
+        full = frame.color_range == 2 or name.startswith("yuvj")  # RGB in: limited-range YUV out, as usual
         return cls(
             pts=frame.pts, time_base=frame.time_base, duration=frame.duration or 0,
             colorspace=_sws_matrix(frame.colorspace, frame.width, frame.height),
@@ -580,18 +582,18 @@ class _Encoder:
             frame = frame.reformat(**self.reformat)
         elif self.pix_fmt != frame.format.name:
             frame = frame.reformat(format=self.pix_fmt)
-        pts = info.pts if info.pts is not None else (self.prev_pts + 1 if self.prev_pts is not None else 0)
+        tb = float(self.stream.codec_context.time_base)
+        tick = max(1, round(1 / float(self.stream.codec_context.framerate or 25) / tb))  # one frame, in ticks
+        pts = info.pts if info.pts is not None else (self.prev_pts + tick if self.prev_pts is not None else 0)
         if self.prev_pts is not None and pts <= self.prev_pts:
             pts = self.prev_pts + 1  # encoders need strictly increasing timestamps; broken files repeat them
         self.prev_pts = pts
         frame.pts, frame.time_base = pts, self.stream.codec_context.time_base
         if info.duration:
             frame.duration = info.duration
-        tb = float(self.stream.codec_context.time_base)
         start = pts * tb
         self.first_pts = start if self.first_pts is None else self.first_pts
-        step = info.duration or (1 / float(self.stream.codec_context.framerate or 25) / tb)
-        self.last_end = max(self.last_end, start + step * tb)
+        self.last_end = max(self.last_end, start + (info.duration or tick) * tb)
         self.out.mux(self.stream.encode(frame))
         self.frames += 1
 
