@@ -41,6 +41,7 @@ def make_clip(
     audio: bool = True,
     codec: str | None = None,
     pix_fmt: str | None = None,
+    bt709_full: bool = False,
 ) -> dict:
     """Write a clip; returns what was written (frame timestamps in seconds, durations)."""
     import av
@@ -64,6 +65,11 @@ def make_clip(
             v.codec_context.options = {"deadline": "realtime", "cpu-used": "8", "crf": "10", "b": "0"}
         if rotation:
             v.set_display_rotation(rotation)
+        convert: dict = {"format": v.pix_fmt}
+        if bt709_full:  # tagged BT.709, full range: the upscaled clip must say (and use) the same
+            ctx = v.codec_context
+            ctx.colorspace, ctx.color_range, ctx.color_primaries, ctx.color_trc = 1, 2, 1, 1
+            convert.update(dst_colorspace="ITU709", dst_color_range="JPEG")
         a = None
         if audio:
             a = out.add_stream("libopus" if webm else "aac", rate=48000)
@@ -74,7 +80,7 @@ def make_clip(
                 f = av.VideoFrame.from_ndarray(rgb.astype(np.uint16) * 257, format="rgb48le")
             else:
                 f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            f = f.reformat(format=v.pix_fmt)
+            f = f.reformat(**convert)
             f.pts, f.time_base = pts, tb
             out.mux(v.encode(f))
         out.mux(v.encode())

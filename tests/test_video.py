@@ -56,6 +56,7 @@ def _leftovers(folder: Path) -> list[str]:
         ("cfr_rotated.mp4", {"rotation": 90}),
         ("vfr_10bit.mkv", {"vfr": True, "bits": 10}),
         ("odd.webm", {"size": (63, 47)}),
+        ("bt709_full.mp4", {"bt709_full": True}),
     ],
 )
 def test_clip_keeps_frames_timing_audio_and_tags(tmp_path, name, options):
@@ -78,8 +79,13 @@ def test_clip_keeps_frames_timing_audio_and_tags(tmp_path, name, options):
     assert after["audio"] == before["audio"] and len(after["audio"]) == 1  # copied, not re-encoded
     assert abs(after["audio_seconds"] - before["audio_seconds"]) <= frame
     assert after["rotation"] == options.get("rotation", 0)
-    assert after["pix_fmt"] == ("yuv420p10le" if options.get("bits") == 10 else "yuv420p")
-    assert after["color_range"] == 1 and after["colorspace"] in (1, 6)  # tagged: players need not guess
+    deep = options.get("bits") == 10
+    assert after["pix_fmt"] in (("yuv420p10le",) if deep else ("yuv420p", "yuvj420p"))  # j: H.264's full range
+    if options.get("bt709_full"):
+        assert (before["colorspace"], before["color_range"]) == (1, 2)
+        assert (after["colorspace"], after["color_range"]) == (1, 2)  # carried over
+    else:  # unspecified in, tagged out (BT.601 for this size): a player need not guess from the new size
+        assert (after["colorspace"], after["color_range"]) == (6, 1)
     assert result.codec == ("vp9" if src.suffix == ".webm" else "h264")
     # the content survives, and colours do not shift (the same matrix and range out as in)
     for a, b in zip(video.read_frames(out), video.read_frames(src)):
