@@ -42,6 +42,7 @@ def make_clip(
     codec: str | None = None,
     pix_fmt: str | None = None,
     bt709_full: bool = False,
+    subtitles: tuple[str, ...] = (),
 ) -> dict:
     """Write a clip; returns what was written (frame timestamps in seconds, durations)."""
     import av
@@ -74,6 +75,13 @@ def make_clip(
         if audio:
             a = out.add_stream("libopus" if webm else "aac", rate=48000)
             a.layout = "mono"
+        subs = out.add_mux_stream("subrip", time_base=Fraction(1, 1000)) if subtitles else None
+        for i, text in enumerate(subtitles):  # one line every 100 ms
+            packet = av.Packet(text.encode())
+            packet.stream, packet.time_base = subs, Fraction(1, 1000)
+            packet.pts = packet.dts = 100 * i
+            packet.duration = 90
+            out.mux(packet)
         for i, pts in enumerate(ticks):
             rgb = moving_frame(i, width, height)
             if bits == 10:
@@ -113,12 +121,16 @@ def read_video(path: Path, fmt: str = "rgb24") -> dict:
         size, codec = (v.width, v.height), v.codec_context.name
     with av.open(str(path)) as c:
         audio = [s for s in c.streams if s.type == "audio"]
+        subtitles = [(bytes(p).decode(), float(p.pts * p.time_base)) for s in c.streams.subtitles[:1]
+                     for p in c.demux(s) if p.size]
+    with av.open(str(path)) as c:
+        audio = [s for s in c.streams if s.type == "audio"]
         audio_seconds = None
         if audio:
             ends = [float((p.pts + p.duration) * p.time_base) for p in c.demux(audio[0]) if p.pts is not None]
             audio_seconds = max(ends) if ends else 0.0
         return {
-            "frames": frames, "times": times, "size": size, "codec": codec,
+            "frames": frames, "times": times, "size": size, "codec": codec, "subtitles": subtitles,
             "rotation": rotation, "audio": [s.codec_context.name for s in audio], "audio_seconds": audio_seconds,
             **info,
         }

@@ -153,6 +153,18 @@ def _has_encoder(name: str) -> bool:
         return False
 
 
+def test_subtitles_copied_or_left_out_with_a_note(tmp_path):
+    src = tmp_path / "film.mkv"
+    make_clip(src, frames=4, subtitles=("Hello", "world"))
+    lines = [("Hello", 0.0), ("world", 0.1)]
+    assert read_video(src)["subtitles"] == lines
+    kept = Nearest().upscale_video(src)
+    assert read_video(kept.output)["subtitles"] == lines and not kept.notes
+    mp4 = Nearest().upscale_video(src, tmp_path / "film.mp4")  # MP4 takes no SubRip
+    assert read_video(mp4.output)["subtitles"] == [] and read_video(mp4.output)["audio"] == ["aac"]
+    assert any("subtitle stream" in n and "left out" in n for n in mp4.notes)
+
+
 def test_audio_reencoded_where_the_container_refuses_it(tmp_path):
     src = tmp_path / "clip.mp4"  # AAC audio: WebM takes only Opus or Vorbis
     make_clip(src, frames=4)

@@ -384,7 +384,8 @@ class _Pipeline:
         out = av.open(str(self.tmp), "w", format=_MUXERS.get(self.dst.suffix.lower(), "matroska"))
         try:
             encoder = _Encoder(out, src.video, self.key, self.settings, self.notes)
-            carried = [_Carried.add(out, s, self.notes) for s in src.others]
+            takes = out.supported_codecs if src.others else set()
+            carried = [_Carried.add(out, s, takes, self.notes) for s in src.others]
             by_index = {s.index: c for s, c in zip(src.others, carried)}
             waiting: list = []  # packets that arrive before the video encoder is set up
             while True:
@@ -619,9 +620,9 @@ class _Carried:
         self.out, self.stream, self.copy, self.target = out, stream, copy, target
 
     @classmethod
-    def add(cls, out, stream, notes: list[str]) -> _Carried:
-        name = stream.codec_context.name if stream.codec_context else "unknown"
-        if name in out.supported_codecs:
+    def add(cls, out, stream, takes: set[str], notes: list[str]) -> _Carried:
+        name = stream.codec.canonical_name if stream.codec else "unknown"
+        if name in takes or (stream.codec_context is not None and stream.codec_context.name in takes):
             return cls(out, stream, True, out.add_stream_from_template(stream))
         label = f"{stream.type} stream {stream.index} ({name})"
         if stream.type == "audio" and out.default_audio_codec and out.default_audio_codec != "none":
