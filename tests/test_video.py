@@ -7,6 +7,7 @@ VapSR x2. Clips are a few frames of 64×48 or smaller, so the whole file takes s
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -135,7 +136,7 @@ def test_other_codecs_and_encoder_options(tmp_path):
     up = Nearest()
     h265 = up.upscale_video(src, tmp_path / "a.mp4", codec="hevc", crf=30, preset="ultrafast")
     assert h265.codec == "h265" and read_video(h265.output)["codec"] == "hevc"
-    if any(_has_encoder(n) for n in video.CODECS["av1"]):
+    if any(_has_codec(n) for n in video.CODECS["av1"]):
         av1 = up.upscale_video(src, tmp_path / "b.mkv", codec="av1", preset="12")
         assert len(read_video(av1.output)["frames"]) == 3
     for bad in ({"codec": "divx"}, {"codec": "ffv1", "crf": 10}, {"codec": "h264", "preset": "7"},
@@ -145,9 +146,9 @@ def test_other_codecs_and_encoder_options(tmp_path):
     assert not (tmp_path / "c.mp4").exists() and _leftovers(tmp_path) == []
 
 
-def _has_encoder(name: str) -> bool:
+def _has_codec(name: str, mode: str = "w") -> bool:
     try:
-        av.codec.Codec(name, "w")
+        av.codec.Codec(name, mode)
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -208,6 +209,17 @@ def test_bad_inputs_fail_cleanly(tmp_path):
         out.mux(a.encode())
     with pytest.raises(UpscaleError, match="no video stream"):
         up.upscale_video(silent, tmp_path / "x.mkv")
+    if _has_codec("evc", "r"):
+        return  # a later wheel decodes EVC: the case below needs a codec without a decoder
+    unknown = tmp_path / "evc.mp4"  # MPEG-5 EVC: FFmpeg knows the codec, the wheel has no decoder for it
+    with av.open(str(unknown), "w") as out:
+        stream = out.add_mux_stream("evc", width=64, height=48, time_base=Fraction(1, 25))
+        for i in range(3):
+            packet = av.Packet(bytes(50))
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, Fraction(1, 25), i, i
+            out.mux(packet)
+    with pytest.raises(UpscaleError, match="no decoder"):
+        up.upscale_video(unknown, tmp_path / "z.mp4")
     with pytest.raises(UpscaleError, match="megapixel"):
         Nearest(max_pixels=1000).upscale_video(good, tmp_path / "y.mkv")
 

@@ -192,9 +192,9 @@ def _open_input(path: Path, max_pixels: int | None) -> _Source:
             raise UpscaleError(f"{path} has no video stream ({', '.join(kinds)}): nothing to upscale")
         video = container.streams.video[0]
         ctx = video.codec_context
-        if ctx is None or not ctx.codec.is_decoder:
-            name = getattr(video.codec, "name", None) or "unknown"
-            raise UpscaleError(f"{path}: the video codec {name} cannot be decoded by this FFmpeg build")
+        if ctx is None:  # PyAV then knows no name for the codec either
+            raise UpscaleError(f"{path}: its video codec has no decoder in this FFmpeg build (PyAV {av.__version__}): "
+                               "convert it to H.264 or another common codec first")
         w, h = ctx.width, ctx.height
         if max_pixels and w * h > max_pixels:
             raise UpscaleError(
