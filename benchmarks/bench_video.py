@@ -27,8 +27,8 @@ SHARED = Path(os.environ.get("UPSCALE_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO / "tests"))  # media_helpers: the tests' clip generator
 
 
-def run(args: list[str]) -> tuple[float, float]:
-    """(seconds, peak resident MB) of `python -m upscale ARGS` in a fresh process."""
+def run(args: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak resident MB) of `python -m upscale ARGS` in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "upscale", *args], env=env, stdout=subprocess.DEVNULL,
@@ -38,7 +38,7 @@ def run(args: list[str]) -> tuple[float, float]:
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"upscale {' '.join(args)} failed:\n{stderr}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def tiny_weights(folder: Path) -> Path:
@@ -90,18 +90,20 @@ def main() -> None:
             "video": [str(clip), "-o", str(tmp / "clip_x2.mp4"), *model],
             "image": [str(pngs), "-o", str(tmp / "frames_x2"), *model],
         }
-        runs: dict[str, list[tuple[float, float]]] = {"video": [], "image": []}
+        runs: dict[str, list[tuple[float, float, float]]] = {"video": [], "image": []}
         for i in range(args.rounds):
             for name in ("video", "image") if i % 2 == 0 else ("image", "video"):
                 runs[name].append(run(paths[name]))
-                print(f"  {name}: {runs[name][-1][0]:.1f} s", file=sys.stderr)
-        (video_s, video_mb), (image_s, image_mb) = min(runs["video"]), min(runs["image"])
-        print(f"fastest of {args.rounds} run(s) each:")
-        print("| path | seconds | frames/s | peak MB |")
-        print("| --- | ---: | ---: | ---: |")
-        print(f"| video (mp4 → mp4, h264 CRF 18) | {video_s:.1f} | {frames / video_s:.3f} | {video_mb:.0f} |")
-        print(f"| image (PNG folder → PNG folder) | {image_s:.1f} | {frames / image_s:.3f} | {image_mb:.0f} |")
-        print(f"video / image frames per second: {image_s / video_s:.2f}")
+                print(f"  {name}: {runs[name][-1][0]:.1f} s, CPU {runs[name][-1][1]:.1f} s", file=sys.stderr)
+        best = {name: min(r) for name, r in runs.items()}
+        print(f"fastest of {args.rounds} run(s) each; CPU s: user+system of the whole command:")
+        print("| path | seconds | frames/s | CPU s | CPU s per frame | peak MB |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, label in (("video", "video (mp4 → mp4, h264 CRF 18)"), ("image", "image (PNG folder → PNG folder)")):
+            wall, cpu, mb = best[name]
+            print(f"| {label} | {wall:.1f} | {frames / wall:.3f} | {cpu:.1f} | {cpu / frames:.2f} | {mb:.0f} |")
+        print(f"video / image frames per second: {best['image'][0] / best['video'][0]:.2f} (wall), "
+              f"{best['image'][1] / best['video'][1]:.2f} (CPU)")
 
         mem_weights = weights if args.memory_model == "full" else tiny_weights(tmp)
         mem_model = ["--weights", str(mem_weights), "--device", args.device, "-q", "--overwrite"]
@@ -111,7 +113,7 @@ def main() -> None:
         make_clip(long_clip, (width, height), frames * args.long, args.fps)
         rows = []
         for name, path in (("clip", clip), (f"{args.long}× longer", long_clip)):
-            seconds, mb = run([str(path), "-o", str(tmp / f"{path.stem}_mem.mp4"), *mem_model])
+            seconds, _, mb = run([str(path), "-o", str(tmp / f"{path.stem}_mem.mp4"), *mem_model])
             rows.append((name, frames * (args.long if path == long_clip else 1), seconds, mb))
         print(f"\npeak memory, {args.memory_model} VapSR x2:")
         print("| clip | frames | seconds | peak MB |")
