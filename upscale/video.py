@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from upscale import atomic
 from upscale.errors import UpscaleError, UsageError
 
 # Files a folder walk takes as videos.
@@ -138,24 +138,17 @@ def transcode(
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
         raise UpscaleError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UpscaleError(f"cannot write into {folder}: permission denied (choose another output with -o)")
     source = _open_input(src, max_pixels)
     try:
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".part{dst.suffix}", dir=folder)
-        except OSError as exc:
-            raise UpscaleError(f"cannot write into {folder}: {exc.strerror} (choose another output with -o)") from None
-        os.close(fd)
-        try:
-            result = _Pipeline(upscale, source, Path(tmp), dst, key, settings, progress).run()
-            result.output = dst
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new video gets the usual mode
-            os.replace(tmp, dst)
-        except av.error.FFmpegError as exc:
-            raise UpscaleError(f"cannot write {dst}: {_ffmpeg_message(exc)}") from None
-        except OSError as exc:
-            raise UpscaleError(f"cannot write {dst}: {exc.strerror or exc}") from None
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic.replacing(dst) as tmp:  # the muxer is named, as the temporary name ends in .part
+            result = _Pipeline(upscale, source, tmp, dst, key, settings, progress).run()
+        result.output = dst
+    except av.error.FFmpegError as exc:
+        raise UpscaleError(f"cannot write {dst}: {_ffmpeg_message(exc)}") from None
+    except OSError as exc:
+        raise UpscaleError(f"cannot write {dst}: {exc.strerror or exc}") from None
     finally:
         source.container.close()
     return result
@@ -677,9 +670,3 @@ def _ffmpeg_message(exc: BaseException) -> str:
     if log and len(log) >= 3 and log[2]:
         text = f"{text} ({str(log[2]).strip()})"
     return text
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
