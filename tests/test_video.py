@@ -323,6 +323,8 @@ def test_cli_folder_mixing_stills_animations_and_videos(tiny_weights, tmp_path):
     assert again.returncode == 1 and again.stderr.decode().count("skipped:") == 4  # resumes; broken still fails
     bad = run_cli(src / "clip.mp4", "--weights", tiny_weights, "--codec", "divx")
     assert bad.returncode == 2 and "divx" in bad.stderr.decode()
+    piped = run_cli(src / "clip.mp4", "-o", "-", "--weights", tiny_weights, "--device", "cpu")
+    assert piped.returncode == 1 and "standard output" in piped.stderr.decode() and piped.stdout == b""
 
 
 def test_cli_interrupted_video_leaves_no_partial_file(tiny_weights, tmp_path):

@@ -219,10 +219,13 @@ def plan(
 
     jobs: list[Job] = []
     for src in sources:
-        if to_stdout or (src.path is None and output is None):
-            jobs.append(Job(src, None, fmt_key or "png"))
-            continue
         kind = kind_of(src.path)
+        if to_stdout or (src.path is None and output is None):
+            job = Job(src, None, fmt_key or "png")
+            if kind != "image":  # written by seeking back (containers, Pillow's animation writers)
+                job.error = f"a{'n animation' if kind == 'animation' else ' video'} cannot go to standard output: use -o FILE"
+            jobs.append(job)
+            continue
         if out_file is not None:
             out_fmt = images.format_name(fmt, out_file) if kind == "image" else (fmt or "")
             jobs.append(Job(src, out_file, out_fmt, kind=kind))
