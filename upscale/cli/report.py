@@ -51,6 +51,13 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=1))
 
 
+def json_line(data: Any) -> str:
+    """One JSON line that is valid UTF-8 whatever the file names hold. A name that is not UTF-8 reaches
+    Python with its bytes as lone surrogates (surrogateescape); those, and only those, are written as
+    \\udcXX escapes: still JSON, and json.loads + os.fsencode give back the exact bytes of the name."""
+    return json.dumps(data, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Report:
     """`upscale [run]`: progress and one line per image on stderr; JSON lines where asked; the summary."""
 
@@ -100,7 +107,7 @@ class Report:
     def _line(self, r) -> None:
         self.counts[r.status] += 1
         if self.json_out is not None:
-            print(json.dumps(r.to_json(), ensure_ascii=False), file=self.json_out, flush=True)
+            print(json_line(r.to_json()), file=self.json_out, flush=True)
         if r.status == "failed":
             where = "" if r.input in (r.error or "") else f"{r.input}: "
             say(f"error: {where}{r.error}")

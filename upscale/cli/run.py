@@ -9,16 +9,20 @@ from typing import Annotated
 import typer
 
 from upscale.cli import options
+from upscale.cli.options import number, whole
 from upscale.cli.report import Report
 
 EXAMPLES = """\
 Examples:
 
 \b
-  upscale photo.png -m hat -s 4            writes photo_x4.png beside photo.png
+  upscale photo.png                        vapsr x4 (the default model): photo_x4.png
+  upscale photo.png -m hat -s 4 -o big.png
   upscale photos/ -r -o big/               a folder and its sub-folders, mirrored into big/
   upscale "shots/*.jpg" -f webp --quality 90
-  upscale photo.png --outscale 2.5         the x4 model, then a Lanczos resize to 2.5x
+  upscale photos/ -f auto                  each output in its input's format
+  upscale photo.png --outscale 2.5         the x4 model, then a Lanczos resize: photo_x2.5.png
+  upscale photo.png --width 1920           the model, then a resize to 1920 wide: photo_w1920.png
   upscale photo.png --weights my.pth       a checkpoint of your own (architecture detected)
   cat in.jpg | upscale - -o - > out.png    a pipe: logs go to stderr, the image to stdout
   upscale photos/ --json -q                one JSON object per image, for scripts
@@ -28,12 +32,17 @@ Examples:
   upscale models                           the models you can use
 
 \b
-Outputs that exist are skipped (--overwrite replaces them), so running the same
-command again after an interruption resumes. Exit codes: 0 all done, 1 some
-images failed (the others were still processed), 2 bad arguments, 130 interrupted.
+Outputs are named <stem><tag>.<ext> beside the input (or under -o DIR); the tag
+says what was done: _x4, _x2.5, _w1920, _h1080, _1920x1080 (fit inside), with
+_tta added for --tta; --suffix TEXT replaces it (_TEXT when TEXT starts with a
+letter or digit). Outputs that exist are skipped (--overwrite replaces them),
+so running the same command again after an interruption resumes.
+Exit codes: 0 all done, 1 some images failed (the others were still processed),
+2 bad arguments (found before any model loads), 130 interrupted.
 """
 
-HELP = "Upscale images (the default command: `upscale photo.png` is `upscale run photo.png`).\n\n" + EXAMPLES
+HELP = ("Upscale images (the default command: `upscale photo.png` is `upscale run photo.png`). Without -m: "
+        "vapsr at x4.\n\n" + EXAMPLES)
 
 
 def run(
@@ -59,25 +68,40 @@ def run(
     ] = False,
     suffix: Annotated[
         str | None,
-        typer.Option("--suffix", metavar="TEXT", help="Added to output names instead of _x<scale>.", show_default=False),
+        typer.Option("--suffix", metavar="TEXT", show_default=False,
+                     help="Added to output names instead of the tag (_x4 ...): `--suffix out` gives photo_out.png "
+                     "(an underscore is added before a letter or digit, as Real-ESRGAN does)."),
     ] = None,
     fmt: Annotated[
         str | None,
         typer.Option("-f", "--format", metavar="FORMAT",
-                     help="png, jpg, webp, tiff or bmp. Default: the -o extension, else png."),
+                     help="png, jpg, webp, avif, tiff or bmp; auto keeps each input's format (PNG where an image "
+                     "with transparency would go to JPEG, or for GIF). Default: the -o extension, else png."),
     ] = None,
     quality: Annotated[
         int | None,
-        typer.Option("--quality", min=1, max=100, metavar="1-100",
-                     help="JPEG/WebP quality (default 95/90; WebP 100 = lossless)."),
+        typer.Option("--quality", metavar="1-100", parser=whole(1, 100, "a quality"),
+                     help="JPEG/WebP/AVIF quality (default 95/90/90; WebP 100 = lossless)."),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs that exist (default: skip them, so a rerun resumes).")
     ] = False,
     outscale: Annotated[
         float | None,
-        typer.Option("--outscale", metavar="FACTOR",
-                     help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
+        typer.Option("--outscale", metavar="FACTOR", parser=number("a factor above 0"),
+                     help="Final scale, above 0 and at most 16: the model runs at its own scale, then a Lanczos "
+                     "resize."),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", metavar="W", parser=whole(1, what="a width in pixels"),
+                     help="Final width: the model at its scale, then a Lanczos resize to W pixels wide (aspect "
+                     "ratio kept). With --height: fit inside W×H."),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option("--height", metavar="H", parser=whole(1, what="a height in pixels"),
+                     help="Final height, as --width (with both: the largest size that fits inside W×H)."),
     ] = None,
     alpha: Annotated[
         str, typer.Option("--alpha", metavar="model|resize",
@@ -86,6 +110,7 @@ def run(
     max_megapixels: Annotated[
         float | None,
         typer.Option("--max-megapixels", metavar="MP", show_default=False,
+                     parser=number("a number of megapixels, 0 or more", zero_ok=True),
                      help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none)."),
     ] = None,
     device: options.Device = "auto",
@@ -124,13 +149,15 @@ def run(
     from upscale.upscaler import Upscaler
     from upscale.video import VideoSettings, check_settings
 
-    settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))  # before any model loads
+    # Every argument is checked before the model loads (torch is imported only then): bad ones exit 2 at once.
+    settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))
     sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
+    batch.check_output(sources, output, suffix, fmt)
     to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
-    limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
+    limit = {} if max_megapixels is None else {"max_pixels": round(max_megapixels * 1e6) or None}
     up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
                   offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                  **limit)
+                  width=width, height=height, **limit)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=settings.codec)
     report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
