@@ -44,6 +44,7 @@ def usage_error(no_torch, *args, cwd=None) -> str:
     (["-s", "-1"], ["-s/--scale", "2, 3 or 4"]),
     (["-s", "3.5"], ["--outscale 3.5"]),
     (["-m", "hat", "-s", "8"], ["hat has no x8 weights"]),
+    (["-m", "vapsr", "-s", "5", "--weights", "w.pth"], ["vapsr has no x5 weights", "leave out -m"]),
     (["--tile", "-3"], ["--tile", "0 or more"]),
     (["--tile", "abc"], ["--tile", "'abc'"]),
     (["--tile-overlap", "x"], ["--tile-overlap"]),
@@ -137,10 +138,11 @@ def test_default_model_is_stated(no_torch):
     assert "Default (without -m): vapsr x4" in models.stdout.decode()
 
 
-def _complete(no_torch, line: str) -> list[str]:
-    """What bash completion offers for `line` (the cursor at its end), through typer's completion protocol."""
+def _complete(no_torch, line: str, style: str = "bash_complete") -> list[str]:
+    """What bash completion offers for `line` (the cursor at its end): click's protocol (`bash_complete`),
+    or typer's spelling of it (`complete_bash`, what `upscale --install-completion` installs)."""
     words = line.split(" ")
-    env = {**no_torch, "_UPSCALE_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+    env = {**no_torch, "_UPSCALE_COMPLETE": style, "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
     proc = run_cli(env=env)
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode().split()
@@ -153,6 +155,7 @@ def test_completion_of_the_default_commands_options(no_torch):
     assert set(_complete(no_torch, "upscale photo.png -m ha")) == {"hat", "hat-s", "hat-l", "hat-imagenet"}
     assert "vapsr-s" in _complete(no_torch, "upscale download vap")
     assert "models" in _complete(no_torch, "upscale mod")
+    assert {"--tile", "--tile-overlap"} <= set(_complete(no_torch, "upscale --ti", style="complete_bash"))
 
 
 def test_models_json_still_parses(no_torch):

@@ -405,11 +405,15 @@ def _check_settings(
     """Reject impossible settings at once, without torch: the manifest knows each model's scales."""
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
         raise UsageError(f"--scale must be a whole number of 1 or more, not {scale!r}")
-    if model is not None:
-        if weights is None:
-            manifest.resolve(model, scale)  # unknown model, or a scale it has no weights for
-        else:
-            manifest.scales(model)  # an unknown model name; the checkpoint decides the scale
+    if model is not None:  # an unknown model, or a scale the manifest has no weights for
+        try:
+            manifest.resolve(model, scale)
+        except UsageError as exc:
+            if weights is None or scale is None:
+                raise
+            # with --weights too: -m names the architecture, so its settings must be known for that scale
+            raise UsageError(f"{exc} (for a checkpoint of another scale, leave out -m: the architecture "
+                             "and scale are read from the file)") from None
     if outscale is not None and not (isinstance(outscale, (int, float)) and 0 < outscale <= MAX_OUTSCALE):
         raise UsageError(f"--outscale must be a number above 0 and at most {MAX_OUTSCALE:g}, not {outscale}")
     for name, side in (("--width", width), ("--height", height)):

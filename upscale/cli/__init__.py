@@ -6,6 +6,7 @@ options.py, what is shown in report.py. No torch at import time: `upscale --help
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Annotated
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     # SIGTERM unwinds like Ctrl-C, so the temporary file of a write in progress is removed
     signal.signal(signal.SIGTERM, _terminate)
+    _accept_click_completion_style()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="upscale", standalone_mode=False)
@@ -111,6 +113,15 @@ def _usage_message(exc) -> str:
         return f"{'/'.join(param.opts)}: {exc.message}"
     text = exc.format_message().rstrip(".")
     return f"{text[:1].lower()}{text[1:]}; {where}"
+
+
+def _accept_click_completion_style() -> None:
+    """click 8 spells the bash completion request `_UPSCALE_COMPLETE=bash_complete` (and `bash_source`);
+    typer's own scripts spell it `complete_bash`. Both use COMP_WORDS/COMP_CWORD: accept both."""
+    var = "_UPSCALE_COMPLETE"
+    shell, _, action = os.environ.get(var, "").partition("_")
+    if shell == "bash" and action in ("complete", "source"):
+        os.environ[var] = f"{action}_{shell}"
 
 
 def _terminate(signum, frame) -> None:
