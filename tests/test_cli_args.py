@@ -97,6 +97,10 @@ def test_other_upscalers_options_get_a_hint(no_torch, photo, option, ours):
     assert option in line and ours in line, line
 
 
+def test_a_mistyped_command_is_named(no_torch, tmp_path):
+    assert "did you mean `upscale models`" in usage_error(no_torch, "modles", cwd=tmp_path)
+
+
 def test_errors_name_the_command_as_typed(no_torch, photo):
     assert "`upscale -h`" in usage_error(no_torch, photo, "--nosuch")  # not `upscale run -h`
     assert "`upscale run -h`" in usage_error(no_torch, "run", photo, "--nosuch")

@@ -25,7 +25,8 @@ def bench_cmd(
     device: options.Device = "auto",
     precision: options.Precision = "auto",
     repeat: Annotated[
-        int, typer.Option("--repeat", metavar="N", parser=options.whole(1, what="a number of runs"), help="Timed runs per model (the fastest counts).")
+        int, typer.Option("--repeat", metavar="N", parser=options.whole(1, what="a number of runs"),
+                          help="Timed runs per model (the fastest counts).")
     ] = 3,
     as_json: options.Json = False,
     quiet: options.Quiet = False,

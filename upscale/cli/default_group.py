@@ -9,9 +9,13 @@ arguments, adds the default command's options to `upscale --help` and to shell c
 
 from __future__ import annotations
 
+import difflib
+import os
 from typing import TYPE_CHECKING
 
 from typer.core import TyperArgument, TyperCommand, TyperGroup
+
+from upscale.errors import UsageError
 
 if TYPE_CHECKING:
     import click
@@ -26,9 +30,19 @@ class DefaultCommandGroup(TyperGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in _GROUP_FLAGS:
+            if not ctx.resilient_parsing:  # never while completing
+                self._check_typo(args[0])
             args = [DEFAULT, *args]
             ctx.meta[_IMPLICIT] = True
         return super().parse_args(ctx, args)
+
+    def _check_typo(self, word: str) -> None:
+        """`upscale modles`: not a file, and close to a command's name, it was meant as the command."""
+        if word.startswith("-") or os.path.exists(word) or os.path.splitext(word)[1] or set("*?[") & set(word):
+            return
+        close = difflib.get_close_matches(word, [c for c in self.commands if c != DEFAULT], n=1, cutoff=0.7)
+        if close:
+            raise UsageError(f"no command or input {word!r}: did you mean `upscale {close[0]}`?")
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(ctx.command_path, "[OPTIONS] INPUTS...  |  COMMAND [ARGS]...")
