@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = manifest.DEFAULT_MODEL
 ALPHA_METHODS = ("model", "resize")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-MAX_OUTSCALE = 16.0  # the model's scale, then at most this factor overall: beyond it, outputs outgrow memory
-MAX_SIDE = 65_535  # JPEG's and WebP's limit on a side (in pixels); --width/--height above it cannot be saved
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # engine.PRECISIONS, known here without importing torch
+MAX_OUTSCALE = 16.0  # a 12-megapixel photo at 16x is 3 gigapixels: a larger --outscale is a typo
+MAX_SIDE = 65_535  # the largest side JPEG can hold: a larger --width/--height is a typo
 
 
 class Upscaler:
@@ -423,7 +423,7 @@ def _check_settings(
         raise UsageError("give either --outscale or --width/--height, not both")
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
         raise UsageError(f"the pixel limit must be a whole number of 0 or more, not {max_pixels!r}")
-    if str(precision).lower() not in PRECISIONS:
+    if str(precision or "auto").lower() not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     for name, value in (("--tile", tile), ("--tile-overlap", tile_overlap)):
         _check_pixels(value, name)
