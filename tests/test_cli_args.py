@@ -97,6 +97,13 @@ def test_other_upscalers_options_get_a_hint(no_torch, photo, option, ours):
     assert option in line and ours in line, line
 
 
+def test_other_commands_check_their_arguments_first(no_torch, tmp_path):
+    assert "dataset folder not found" in usage_error(no_torch, "eval", tmp_path / "Set5")  # before any download
+    assert "vapsr has no x5 weights" in usage_error(no_torch, "download", "vapsr", "-s", "5")
+    bench = run_cli("bench", "--size", "abc")  # bench imports torch itself: only the exit code matters here
+    assert bench.returncode == 2 and "WxH" in assert_one_line_error(bench)
+
+
 def test_a_mistyped_command_is_named(no_torch, tmp_path):
     assert "did you mean `upscale models`" in usage_error(no_torch, "modles", cwd=tmp_path)
 

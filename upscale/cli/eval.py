@@ -40,6 +40,7 @@ def eval_cmd(
     from upscale import evaluate
     from upscale.upscaler import Upscaler
 
+    evaluate.check_folders(datasets)
     up = Upscaler(model=model, scale=scale, weights=weights, device=device, tta=self_ensemble, quiet=quiet)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     with named_progress("eval", quiet) as progress:
