@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = manifest.DEFAULT_MODEL
 ALPHA_METHODS = ("model", "resize")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # engine.PRECISIONS, known here without importing torch
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # infer.PRECISIONS, known here without importing torch
 MAX_OUTSCALE = 16.0  # a 12-megapixel photo at 16x is 3 gigapixels: a larger --outscale is a typo
 MAX_SIDE = 65_535  # the largest side JPEG can hold: a larger --width/--height is a typo
 
