@@ -126,7 +126,8 @@ def run(
                           "ignores it.")
     ] = "auto",
     tta: Annotated[
-        bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
+        bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower; "
+                           "outputs tagged _x4_tta, so plain outputs are kept apart).")
     ] = False,
     codec: Annotated[
         str | None, typer.Option("--codec", metavar="NAME", show_default=False,
