@@ -60,6 +60,7 @@ def usage_error(no_torch, *args, cwd=None) -> str:
     (["--outscale", "0"], ["--outscale"]),
     (["--quality", "0"], ["--quality", "from 1 to 100"]),
     (["--quality", "high"], ["--quality", "'high'"]),
+    (["--crf", "abc"], ["--crf", "'abc'"]),
     (["--width", "0"], ["--width"]),
     (["--height", "tall"], ["--height", "'tall'"]),
     (["--width", "100", "--outscale", "2"], ["--outscale or --width/--height"]),

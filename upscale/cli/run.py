@@ -134,7 +134,7 @@ def run(
                                  help="Video codec: h264 (default; vp9 for .webm), h265, vp9, av1 or ffv1 (lossless).")
     ] = None,
     crf: Annotated[
-        int | None, typer.Option("--crf", metavar="N", show_default=False,
+        int | None, typer.Option("--crf", metavar="N", show_default=False, parser=whole(0, what="a quality level"),
                                  help="Video quality, lower is better (default: h264 18, h265 20, vp9/av1 30).")
     ] = None,
     preset: Annotated[
