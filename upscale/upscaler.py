@@ -234,8 +234,8 @@ class Upscaler:
         fmt: str | None = None,
         quality: int | None = None,
     ) -> Path:
-        """Upscale one image, animation or video file; the default output is `<stem><tag>.png` (`output_tag`: _x4 ...) beside
-        the input (an animation or a video keeps its own format). The output is written atomically and
+        """Upscale one image, animation or video file; the default output is `<stem><tag>.png` beside the
+        input (`output_tag`: _x4, _w1920 ...; an animation or a video keeps its own format). The output is written atomically and
         never over the input. (Folders, skipping of existing outputs and per-file reports: upscale.batch.)"""
         from upscale import animation, video
 
@@ -274,7 +274,7 @@ class Upscaler:
         from upscale import video
 
         src = Path(src)
-        self.model  # loads the model (and fails) before the output file is started  # noqa: B018
+        self.scale  # loads the model (and fails) before the output file is started  # noqa: B018
         if dst is None:
             dst = self.default_output(src, video.output_suffix(src.suffix, codec))
         dst = Path(dst)
