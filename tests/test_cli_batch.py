@@ -128,7 +128,9 @@ def test_pipes_in_and_out(weights, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     im = Image.open(io.BytesIO(proc.stdout))
     assert im.format == "JPEG" and im.size == (44, 36)
-    row = json.loads(proc.stderr.decode().splitlines()[0])  # --json moves to stderr while stdout carries the image
+    lines = proc.stderr.decode().splitlines()
+    assert lines[0].startswith("vapsr x4 on cpu, ")  # the run's first line: model, device, precision
+    row = json.loads(next(ln for ln in lines if ln.startswith("{")))  # --json on stderr: stdout carries the image
     assert row["input"] == "-" and row["output"] == "-" and row["status"] == "ok"
 
 

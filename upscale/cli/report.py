@@ -50,6 +50,15 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=1))
 
 
+def run_line(up, asked: str) -> str:
+    """A run's first line: what runs where, in which number format (and why, when auto chose bf16)."""
+    info = up.describe()
+    line = f"{info['model']} x{info['scale']} on {info['device']}, {info['precision']}"
+    if asked.lower() == "auto" and info["precision"] == "bf16" and info["device"] == "cpu":
+        line += " (auto: this CPU computes bf16 natively; --precision fp32 for exact fp32 output)"
+    return line
+
+
 class Report:
     """`upscale [run]`: progress and one line per image on stderr; JSON lines where asked; the summary."""
 

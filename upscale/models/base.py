@@ -37,6 +37,9 @@ class NetSpec:
     input_range: float = 1.0  # the net sees pixel values in 0..input_range
     pad_multiple: int = 1  # input H and W must be multiples of this (HAT: its window size)
     fp16_safe: bool = True  # False where fp16 is known to overflow (transformer attention)
+    # True where bf16 cost at most 0.01 dB of mean Set5 PSNR with the official weights
+    # (benchmarks/bench_bf16.py): `--precision auto` then uses it on CPUs with native bf16.
+    cpu_bf16: bool = False
     # LR pixels of context each output pixel depends on, per side; None when some layer is global.
     receptive_field: int | None = None
     # How a big image may be cut (upscale.models.tiling): blended tiles, streamed rows or layer passes.
@@ -57,6 +60,7 @@ class SRModel(nn.Module):
         self.input_range = float(spec.input_range)
         self.pad_multiple = spec.pad_multiple
         self.fp16_safe = spec.fp16_safe
+        self.cpu_bf16 = spec.cpu_bf16
         self.receptive_field = spec.receptive_field
         self.cut = spec.cut
         self.tile_extra_bytes = spec.tile_extra_bytes
