@@ -31,6 +31,9 @@ import subprocess
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's upscale, not an installed one
+
 SIZES = (48, 96, 128, 192)
 DENSE_LIMIT = 16e9
 
