@@ -290,6 +290,7 @@ def run(
     stdout: IO[bytes] | None = None,
     depth: int = DEFAULT_DEPTH,
     encoders: int | None = None,
+    phase: Callable[[Job, str], None] | None = None,
 ) -> Iterator[Result]:
     """Run the jobs, yielding one Result each, in the jobs' order. A failed job does not stop the others
     (`catch=False` lets unexpected exceptions through, for debugging).
@@ -299,10 +300,12 @@ def run(
     are encoded and written by `encoders` threads (default: `default_encoders()`). `depth=0` runs each
     job's stages one after the other. A Result's `seconds` is its own decode + model + encode + write
     time. If the caller stops (an exception such as KeyboardInterrupt, or closing the iterator),
-    queued work is dropped and writes already started finish: files are written whole or not at all."""
+    queued work is dropped and writes already started finish: files are written whole or not at all.
+    `phase(job, "writing")` and `phase(job, "written")` bracket a job's encoding and writing (called
+    from the writer threads), for a display of what is being written."""
     images.check_png_compression(png_compression)  # a bad level fails before any image runs
     info = dict(upscaler.describe(), outscale=upscaler.outscale) if jobs else {}
-    stages = _Stages(upscaler, quality, png_compression, progress, catch, stdin, stdout)
+    stages = _Stages(upscaler, quality, png_compression, progress, catch, stdin, stdout, phase)
     if depth <= 0:
         yield from _sequential(stages, jobs, info)
         return
@@ -361,9 +364,10 @@ class _Stages:
 
     def __init__(self, up: Upscaler, quality: int | None, png_compression: int | None,
                  progress: Callable[[Job], ProgressFn | None] | None, catch: bool,
-                 stdin: IO[bytes] | None, stdout: IO[bytes] | None):
+                 stdin: IO[bytes] | None, stdout: IO[bytes] | None, phase: Callable[[Job, str], None] | None):
         self.up, self.quality, self.png_compression = up, quality, png_compression
         self.progress, self.catch, self.stdin, self.stdout = progress, catch, stdin, stdout
+        self.phase = phase or (lambda job, name: None)
 
     def model(self, job: Job, decoding: Future, writer: Executor) -> Future | Result:
         """The job on the model (in this thread), once decoded; its encoding and writing queued."""
@@ -407,6 +411,13 @@ class _Stages:
         return big, time.perf_counter() - start
 
     def write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
+        self.phase(job, "writing")
+        try:
+            return self._write(job, size, big, spent)
+        finally:
+            self.phase(job, "written")
+
+    def _write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
         start = time.perf_counter()
         data, notes = images.encode(big, job.fmt, self.quality, self.png_compression)
         if job.output is None:

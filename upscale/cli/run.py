@@ -123,6 +123,6 @@ def run(
     if not quiet and any(not (j.skip or j.error) for j in jobs):
         say(run_line(up, precision))
     report.run(batch.run(up, jobs, quality=quality, png_compression=png_compression, catch=not debug,
-                         progress=report.progress_for), len(jobs))
+                         progress=report.progress_for, phase=report.phase), len(jobs))
     if report.failed:
         raise typer.Exit(1)
