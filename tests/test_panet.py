@@ -166,3 +166,5 @@ def test_compute_tile_balances_overlap_and_attention():
     t = tiles[2]
     assert per_pixel(1000, 1000) > 10 * per_pixel(t + 64, t)
     assert panet.tile_side_for(80 << 30, 256) > 5 * t  # memory alone would allow far larger tiles
+    assert panet.compute_tile(cfg, 4, 32, 1000, 1000) == t  # a large image: tiles
+    assert panet.compute_tile(cfg, 4, 32, 100, 90) == 0  # a small one costs least whole (no overlap)

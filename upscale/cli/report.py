@@ -89,7 +89,7 @@ class Report:
             self._display = display
             for result in results:
                 self._line(result)
-                display.finished(result.seconds if result.status == "ok" else None)
+                display.finished(result.output, ran=result.status == "ok")
         self._display = None
         if count > 1 and not self.quiet:
             c = self.counts

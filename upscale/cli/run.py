@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from upscale.cli import options
-from upscale.cli.report import Report, run_line, say
+from upscale.cli.report import Report, err, run_line, say
 
 EXAMPLES = """\
 Examples:
@@ -120,7 +120,8 @@ def run(
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite)
     report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
-    if not quiet and any(not (j.skip or j.error) for j in jobs):
+    runnable = sum(not (j.skip or j.error) for j in jobs)
+    if not quiet and (runnable > 1 or (runnable and err.is_terminal)):  # a lone image's error stays one line
         say(run_line(up, precision))
     report.run(batch.run(up, jobs, quality=quality, png_compression=png_compression, catch=not debug,
                          progress=report.progress_for, phase=report.phase), len(jobs))

@@ -312,17 +312,25 @@ def attention_flops(h: int, w: int, config: Mapping[str, Any]) -> float:
     return 2 * n_keys * (ksize * ksize * (config["match_feats"] + config["n_feats"]) + 1)
 
 
-def compute_tile(config: Mapping[str, Any], scale: int, overlap: int, limit: int = 1024) -> int:
+def compute_tile(
+    config: Mapping[str, Any], scale: int, overlap: int, h: int | None = None, w: int | None = None,
+    limit: int = 1024,
+) -> int:
     """The core side (input pixels) of square tiles with `overlap` pixels of context per side that makes
     a tiled run cheapest per output pixel: (t + 2·overlap)² · (convolutions + attention at that tile) / t².
-    Small cores pay for their overlap, large ones for the attention's quadratic cost."""
+    Small cores pay for their overlap, large ones for the attention's quadratic cost. Given the image's
+    h×w: 0 when running it whole costs no more than the best tiles."""
     conv = conv_flops(config, scale)
 
     def per_pixel(t: int) -> float:
         side = t + 2 * overlap
         return side * side * (conv + attention_flops(side, side, config)) / (t * t)
 
-    return min(range(16, limit + 1, 4), key=per_pixel)
+    top = min(limit, max(h, w)) if h and w else limit
+    best = min(range(16, max(16, top) + 1, 4), key=per_pixel)
+    if h and w and conv + attention_flops(h, w, config) <= per_pixel(best):
+        return 0
+    return best
 
 
 # ---- the network ----------------------------------------------------------------------------------
