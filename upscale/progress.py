@@ -18,7 +18,6 @@ bars; JSON lines written to a terminal pause the bars first, so no bar fragment 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
@@ -139,6 +138,6 @@ class Display:
 
 def _is_terminal(out: IO[str]) -> bool:
     try:
-        return out.isatty() or out is sys.__stdout__ and sys.__stdout__.isatty()
+        return out.isatty()
     except (AttributeError, ValueError):
         return False
