@@ -40,7 +40,7 @@ def log(text: str) -> None:
 
 
 def supported(device, names: list[str]) -> list[str]:
-    from upscale.engine import bf16_supported, cpu_has_native_bf16
+    from upscale.infer.device import bf16_supported, cpu_has_native_bf16
 
     out = []
     for name in names:
@@ -56,7 +56,8 @@ def model_rows(args, device) -> None:
     import numpy as np
     import torch
 
-    from upscale import bench, engine
+    from upscale import bench, infer
+    from upscale.infer import device as engine
 
     precisions = supported(device, args.precisions)
     names = args.models or (list(MODELS) if device.type != "cpu" else ["vapsr", "vapsr-s", "a2n"])
@@ -81,7 +82,7 @@ def model_rows(args, device) -> None:
                 array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
                 model.float()  # the engine keeps the fp32 model and makes its own reduced copy
                 engine_s = bench.best_time(
-                    lambda m=model, a=array, p=precision: engine.upscale_array(m, a, device, precision=p),
+                    lambda m=model, a=array, p=precision: infer.upscale_array(m, a, device, precision=p),
                     device, repeat=args.repeat)
             except Exception as exc:  # e.g. out of memory at this size: say so, go on
                 if not engine.is_oom(exc):
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--no-folder", action="store_true")
     args = ap.parse_args()
 
-    from upscale.engine import select_device
+    from upscale.infer import select_device
 
     device = select_device(args.device)
     start = time.perf_counter()

@@ -159,3 +159,18 @@ def test_compute_tile_balances_overlap_and_attention():
     assert panet.tile_side_for(80 << 30, 256) > 5 * t  # memory alone would allow far larger tiles
     assert panet.compute_tile(cfg, 4, 32, 1000, 1000) == t  # a large image: tiles
     assert panet.compute_tile(cfg, 4, 32, 100, 90) == 0  # a small one costs least whole (no overlap)
+
+
+def test_auto_tile_is_sized_by_compute_as_well_as_memory(reference_case):
+    """With memory to spare, a large image still gets the tiles that cost least to compute; a small one
+    runs whole."""
+    from upscale.infer import memory
+
+    _, sd = reference_case("panet_small_x4")
+    model = from_state_dict(sd)
+    best = panet.compute_tile(model.config, 4, 32, 1000, 1000)
+    assert 16 <= best < 1000
+    assert memory.auto_tile(model, 1000, 1000, 32, torch.float32, budget=1 << 45) == best
+    assert memory.auto_tile(model, 60, 50, 32, torch.float32, budget=1 << 45) == 0
+    tight = memory.auto_tile(model, 1000, 1000, 32, torch.float32, budget=64 << 20)
+    assert 32 <= tight < best  # memory still caps it

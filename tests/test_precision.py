@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_state_dict
 
-from upscale import engine
+from upscale.infer import device as engine
 from upscale.models import from_state_dict
 
 

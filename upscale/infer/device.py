@@ -45,8 +45,11 @@ def _mps_available() -> bool:
 
 
 def bf16_supported(device: torch.device) -> bool:
+    """bf16 that runs in hardware on this very device: compute capability 8.0 (Ampere) or later on CUDA
+    (torch.cuda.is_bf16_supported() also counts the slow emulation of older cards, and looks at the
+    current device, not the named one)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "mps":
         try:  # macOS 14 and later
             torch.zeros(1, dtype=torch.bfloat16, device=device)
@@ -118,6 +121,8 @@ _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model on `device` in `dtype`. fp32 moves the caller's model (as before); reduced precision uses
     a cached cast copy so that the fp32 model stays available for recomputing a tile."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # tiles and bands repeat a few shapes: tuned once each
     if dtype == torch.float32:
         return model.to(device)
     per_model = _prepared.setdefault(model, {})

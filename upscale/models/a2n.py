@@ -114,7 +114,7 @@ class A2N(nn.Module):
         t = fea
         for block in self.AAB_trunk:
             t = block(t)
-        return self.reconstruct(self.trunk_conv(t).add_(fea), x).contiguous()
+        return self.reconstruct(self.trunk_conv(t).add_(fea), x)  # any layout: no full-resolution copy
 
     def reconstruct(self, fea: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """LR features after the trunk's residual, and the input → the output (upsampling, bilinear skip)."""

@@ -17,7 +17,7 @@ SRModel, so callers always see 0..1 RGB in and out whatever the network expects 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,10 @@ class NetSpec:
     cut: Cut = field(default_factory=Blended)
     # Working memory of one tile beyond its feature maps (PANet's attention); None: nothing more.
     tile_extra_bytes: TileBytes | None = None
+    # best_tile(h, w, overlap): the core side that makes an h×w image cheapest to compute, counting the
+    # overlap recomputed (0: whole). For networks whose cost per pixel grows with the tile (PANet's
+    # attention); None: any tile that fits in memory is as cheap per pixel.
+    best_tile: Callable[[int, int, int], int] | None = None
 
 
 class SRModel(nn.Module):
@@ -64,6 +68,7 @@ class SRModel(nn.Module):
         self.receptive_field = spec.receptive_field
         self.cut = spec.cut
         self.tile_extra_bytes = spec.tile_extra_bytes
+        self.best_tile = spec.best_tile
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

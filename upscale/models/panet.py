@@ -494,4 +494,5 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
         tile_extra_bytes=lambda h, w, b: attention_bytes(
             h, w, n_feats, match_feats=match_feats, levels=config["levels"], ksize=ksize, dtype_bytes=b
         ),
+        best_tile=lambda h, w, overlap: compute_tile(config, scale, overlap, h, w),
     )

@@ -92,7 +92,7 @@ class VapSR(nn.Module):
         # per-pixel LayerNorm needs no transposed copies. build() stores the weights that way.
         feat = self.conv_first(x.contiguous(memory_format=torch.channels_last))
         feat = self.conv_body(self.body(feat)).add_(feat)
-        return self.upsampler(feat).contiguous()
+        return self.upsampler(feat)  # channels-last: the engine's store reads it without a copy
 
 
 def detect(state_dict: Mapping[str, torch.Tensor]) -> bool:
