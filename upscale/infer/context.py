@@ -23,7 +23,8 @@ def to_tensor(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     """H×W×C integer array → 1×C×H×W float32 in 0..1 on `device`. The integers cross (a quarter of the
     bytes of floats), from pinned memory without blocking on CUDA, and become floats on the device."""
     device = torch.device(device)
-    x = torch.from_numpy(np.ascontiguousarray(array))  # H×W×C as stored: no host transpose
+    # H×W×C as stored (no host transpose); a read-only array (PIL's) is copied, as torch wants to own it
+    x = torch.from_numpy(array if array.flags.writeable and array.flags.c_contiguous else array.copy())
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
     else:
