@@ -16,7 +16,9 @@ import glob
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -298,46 +300,85 @@ def _key(path: Path) -> tuple:
 
 # ---- running ---------------------------------------------------------------------------------------
 
+# Images decoded ahead of the one on the model, and outputs waiting to be encoded and written: memory
+# stays bounded by a few images whatever the folder's size.
+DEFAULT_DEPTH = 2
+
+
+def default_encoders() -> int:
+    """Outputs encoded at once. zlib runs one thread per image; on the CPU the model needs the other
+    cores, so half of them at most (one on a 2-core machine)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
 
 def run(
     upscaler: Upscaler,
     jobs: Sequence[Job],
     *,
     quality: int | None = None,
+    png_compression: int | None = None,
     progress: Callable[[Job], ProgressFn | None] | None = None,
     catch: bool = True,
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | None = None,
     video_settings: video.VideoSettings | None = None,
+    depth: int = DEFAULT_DEPTH,
+    encoders: int | None = None,
+    phase: Callable[[Job, str], None] | None = None,
 ) -> Iterator[Result]:
-    """Run the jobs in order, yielding one Result each. A failed job does not stop the others
-    (`catch=False` lets unexpected exceptions through, for debugging)."""
+    """Run the jobs, yielding one Result each, in the jobs' order. A failed job does not stop the others
+    (`catch=False` lets unexpected exceptions through, for debugging).
+
+    Pipelined: while one image is on the model (in the calling thread, which also gets the progress
+    calls), up to `depth` next images are read and decoded in a thread and up to `depth` finished ones
+    are encoded and written by `encoders` threads (default: `default_encoders()`). `depth=0` runs each
+    job's stages one after the other. A Result's `seconds` is its own decode + model + encode + write
+    time. If the caller stops (an exception such as KeyboardInterrupt, or closing the iterator),
+    queued work is dropped and writes already started finish: files are written whole or not at all.
+    `phase(job, "writing")` and `phase(job, "written")` bracket a job's encoding and writing (called
+    from the writer threads), for a display of what is being written."""
+    images.check_png_compression(png_compression)  # a bad level fails before any image runs
     info = dict(upscaler.describe(), outscale=upscaler.outscale) if jobs else {}
-    for job in jobs:
-        if job.skip:
-            yield Result(job.source.label, job.output_label, "skipped", error=job.skip, run=info)
-            continue
-        if job.error:
-            yield Result(job.source.label, job.output_label, "failed", error=job.error, run=info)
-            continue
-        start = time.perf_counter()
-        try:
-            step = progress(job) if progress else None
-            if job.kind == "image":
-                result = _one(upscaler, job, quality, step, stdin, stdout)
+    stages = _Stages(upscaler, quality, png_compression, progress, catch, stdin, stdout, phase, video_settings)
+    if depth <= 0:
+        yield from _sequential(stages, jobs, info)
+        return
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="upscale-decode")
+    writer = ThreadPoolExecutor(encoders or default_encoders(), thread_name_prefix="upscale-encode")
+    ahead: deque[tuple[Job, Future | None]] = deque()  # decoding, in input order
+    behind: deque[tuple[Job, Future | Result]] = deque()  # encoding and writing, in input order
+    pending = iter(jobs)
+    try:
+        while True:
+            while len(ahead) <= depth and (job := next(pending, None)) is not None:
+                # an animation or a video streams through the model by itself: nothing to decode ahead
+                decodes = _runnable(job) and job.kind == "image"
+                ahead.append((job, decoder.submit(stages.decode, job) if decodes else None))
+            if not ahead:
+                break
+            job, decoding = ahead.popleft()
+            if not _runnable(job):
+                behind.append((job, _not_run(job)))
+            elif decoding is None:
+                behind.append((job, stages.outcome(job, lambda j=job: stages.moving(j))))
             else:
-                result = _moving(upscaler, job, quality, step, video_settings)
-        except UpscaleError as exc:
-            result = Result(job.source.label, job.output_label, "failed", error=str(exc))
-        except Exception as exc:  # e.g. out of memory on one huge image: report it, go on with the rest
-            if not catch:
-                raise
-            text = str(exc).strip().splitlines()
-            result = Result(
-                job.source.label, job.output_label, "failed",
-                error=f"{type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)",
-            )
-        result.seconds = time.perf_counter() - start
+                behind.append((job, stages.model(job, decoding, writer)))
+            # hand back what is finished, in order; wait for the oldest write when too many are queued
+            while behind and (len(behind) > depth or not isinstance(behind[0][1], Future) or behind[0][1].done()):
+                yield _finish(stages, *behind.popleft(), info)
+        while behind:
+            yield _finish(stages, *behind.popleft(), info)
+    finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+
+
+def _sequential(stages: _Stages, jobs: Sequence[Job], info: dict[str, Any]) -> Iterator[Result]:
+    for job in jobs:
+        if not _runnable(job):
+            result = _not_run(job)
+        else:
+            result = stages.outcome(job, lambda j=job: stages.whole(j) if j.kind == "image" else stages.moving(j))
         result.run = info
         yield result
 
@@ -366,23 +407,104 @@ def _make_folder(path: Path) -> None:
         raise UpscaleError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
 
 
-def _one(
-    up: Upscaler, job: Job, quality: int | None, progress: ProgressFn | None,
-    stdin: IO[bytes] | None, stdout: IO[bytes] | None,
-) -> Result:
-    src = job.source
-    if src.path is None:
-        data = (stdin or sys.stdin.buffer).read()
-        picture = images.decode(data, name="standard input", max_pixels=up.max_pixels)
-    else:
-        picture = images.read_image(src.path, max_pixels=up.max_pixels)
-    big = up.upscale_picture(picture, progress)
-    data, notes = images.encode(big, job.fmt, quality)
-    if job.output is None:
-        out = stdout or sys.stdout.buffer
-        out.write(data)
-        out.flush()
-    else:
-        _make_folder(job.output)
-        images.write_bytes(data, job.output)
-    return Result(src.label, job.output_label, "ok", picture.size, big.size, notes=notes)
+def _runnable(job: Job) -> bool:
+    return not (job.skip or job.error)
+
+
+def _not_run(job: Job) -> Result:
+    if job.skip:
+        return Result(job.source.label, job.output_label, "skipped", error=job.skip)
+    return Result(job.source.label, job.output_label, "failed", error=job.error)
+
+
+def _finish(stages: _Stages, job: Job, item: Future | Result, info: dict[str, Any]) -> Result:
+    result = item if isinstance(item, Result) else stages.outcome(job, item.result)
+    result.run = info
+    return result
+
+
+class _Stages:
+    """One job's stages (decode, model, encode + write), each timed; `outcome` turns a failure into the
+    job's Result."""
+
+    def __init__(self, up: Upscaler, quality: int | None, png_compression: int | None,
+                 progress: Callable[[Job], ProgressFn | None] | None, catch: bool,
+                 stdin: IO[bytes] | None, stdout: IO[bytes] | None, phase: Callable[[Job, str], None] | None,
+                 video_settings: video.VideoSettings | None):
+        self.up, self.quality, self.png_compression = up, quality, png_compression
+        self.progress, self.catch, self.stdin, self.stdout = progress, catch, stdin, stdout
+        self.phase = phase or (lambda job, name: None)
+        self.video_settings = video_settings
+
+    def model(self, job: Job, decoding: Future, writer: Executor) -> Future | Result:
+        """The job on the model (in this thread), once decoded; its encoding and writing queued."""
+        got = self.outcome(job, decoding.result)
+        if isinstance(got, Result):
+            return got
+        picture, spent = got
+        got = self.outcome(job, lambda: self.infer(job, picture))
+        if isinstance(got, Result):
+            return got
+        big, more = got
+        return writer.submit(self.write, job, picture.size, big, spent + more)
+
+    def outcome(self, job: Job, step: Callable[[], Any]) -> Any:
+        try:
+            return step()
+        except UpscaleError as exc:
+            return Result(job.source.label, job.output_label, "failed", error=str(exc))
+        except Exception as exc:  # e.g. out of memory on one huge image: report it, go on with the rest
+            if not self.catch:
+                raise
+            text = str(exc).strip().splitlines()
+            return Result(
+                job.source.label, job.output_label, "failed",
+                error=f"{type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)",
+            )
+
+    def decode(self, job: Job) -> tuple[images.Picture, float]:
+        start = time.perf_counter()
+        src = job.source
+        if src.path is None:
+            data = (self.stdin or sys.stdin.buffer).read()
+            picture = images.decode(data, name="standard input", max_pixels=self.up.max_pixels)
+        else:
+            picture = images.read_image(src.path, max_pixels=self.up.max_pixels)
+        return picture, time.perf_counter() - start
+
+    def infer(self, job: Job, picture: images.Picture) -> tuple[images.Picture, float]:
+        start = time.perf_counter()
+        big = self.up.upscale_picture(picture, self.progress(job) if self.progress else None)
+        return big, time.perf_counter() - start
+
+    def write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
+        self.phase(job, "writing")
+        try:
+            return self._write(job, size, big, spent)
+        finally:
+            self.phase(job, "written")
+
+    def _write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
+        start = time.perf_counter()
+        data, notes = images.encode(big, job.fmt, self.quality, self.png_compression)
+        if job.output is None:
+            out = self.stdout or sys.stdout.buffer
+            out.write(data)
+            out.flush()
+        else:
+            _make_folder(job.output)
+            images.write_bytes(data, job.output)
+        seconds = spent + time.perf_counter() - start
+        return Result(job.source.label, job.output_label, "ok", size, big.size, seconds, notes=notes)
+
+    def moving(self, job: Job) -> Result:
+        start = time.perf_counter()
+        step = self.progress(job) if self.progress else None
+        result = _moving(self.up, job, self.quality, step, self.video_settings)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def whole(self, job: Job) -> Result:
+        picture, spent = self.decode(job)
+        big, more = self.infer(job, picture)
+        return self.write(job, picture.size, big, spent + more)

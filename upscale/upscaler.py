@@ -193,11 +193,12 @@ class Upscaler:
         return images.to_pil(self.upscale_picture(images.from_pil(image), progress))
 
     def upscale_bytes(
-        self, data: bytes, fmt: str = "png", quality: int | None = None, progress: ProgressFn | None = None
+        self, data: bytes, fmt: str = "png", quality: int | None = None, progress: ProgressFn | None = None,
+        png_compression: int | None = None,
     ) -> bytes:
         """Encoded image bytes (any readable format) → encoded bytes in `fmt` (for pipes)."""
         picture = images.decode(data, name="standard input", max_pixels=self.max_pixels)
-        return images.encode(self.upscale_picture(picture, progress), fmt, quality)[0]
+        return images.encode(self.upscale_picture(picture, progress), fmt, quality, png_compression)[0]
 
     def upscale_file(
         self,
@@ -206,10 +207,12 @@ class Upscaler:
         progress: ProgressFn | None = None,
         fmt: str | None = None,
         quality: int | None = None,
+        png_compression: int | None = None,
     ) -> Path:
         """Upscale one image, animation or video file; the default output is `<stem>_x<scale>.png` beside
         the input (an animation or a video keeps its own format). The output is written atomically and
-        never over the input. (Folders, skipping of existing outputs and per-file reports: upscale.batch.)"""
+        never over the input. `png_compression`: zlib level 0-9 (images.DEFAULT_PNG_COMPRESSION when None).
+        (Folders, pipelined, with skipping of existing outputs and per-file reports: upscale.batch.run.)"""
         from upscale import animation, video
 
         src = Path(src)
@@ -220,7 +223,9 @@ class Upscaler:
         dst = Path(dst) if dst is not None else default_output(src, self.scale, outscale=self.outscale)
         _refuse_input(src, dst)
         picture = images.read_image(src, max_pixels=self.max_pixels)
-        images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality)
+        images.check_png_compression(png_compression)
+        images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality,
+                           png_compression=png_compression)
         return dst
 
     # -- moving pictures -------------------------------------------------------------------------------
