@@ -206,8 +206,7 @@ def plan(
         if out_file is not None:
             jobs.append(Job(src, out_file, images.format_name(fmt, out_file)))
             continue
-        stem = "stdin" if src.path is None else src.path.stem
-        name = f"{stem}{tag}{ext}"
+        name = output_name("stdin" if src.path is None else src.path.stem, tag, ext)
         if out_dir is not None:
             sub = src.rel.parent if src.rel is not None else Path()
             dst = out_dir / sub / name
@@ -226,6 +225,11 @@ def stdout_target(sources: Sequence[Source], output: str | Path | None, stdout: 
     if to_stdout and stdout is not None and stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     return to_stdout
+
+
+def output_name(stem: str, tag: str, ext: str) -> str:
+    """`photo` → `photo_x4.png`: the naming rule of every run, local or on Ray (upscale.distributed)."""
+    return f"{stem}{tag}{ext}"
 
 
 def check_output(sources: Sequence[Source], output: str | Path | None) -> None:
@@ -310,12 +314,11 @@ def _one(
 ) -> Result:
     src = job.source
     if src.path is None:
-        data = (stdin or sys.stdin.buffer).read()
-        picture = images.decode(data, name="standard input", max_pixels=up.max_pixels)
+        data, name = (stdin or sys.stdin.buffer).read(), "standard input"
     else:
-        picture = images.read_image(src.path, max_pixels=up.max_pixels)
-    big = up.upscale_picture(picture, progress)
-    data, notes = images.encode(big, job.fmt, quality)
+        data, name = images.read_bytes(src.path), str(src.path)
+    done = up.upscale_encoded(data, job.fmt, quality, name=name, progress=progress)
+    data = done.data
     if job.output is None:
         out = stdout or sys.stdout.buffer
         out.write(data)
@@ -326,4 +329,4 @@ def _one(
         except OSError as exc:
             raise UpscaleError(f"cannot create the folder {job.output.parent}: {exc.strerror}") from None
         images.write_bytes(data, job.output)
-    return Result(src.label, job.output_label, "ok", picture.size, big.size, notes=notes)
+    return Result(src.label, job.output_label, "ok", done.input_size, done.output_size, notes=done.notes)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "vapsr"
 ALPHA_METHODS = ("model", "resize")
+
+
+@dataclass
+class Encoded:
+    """An output file's bytes, and what a report says about them."""
+
+    data: bytes
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    notes: list[str]
 
 
 class Upscaler:
@@ -193,8 +204,19 @@ class Upscaler:
         self, data: bytes, fmt: str = "png", quality: int | None = None, progress: ProgressFn | None = None
     ) -> bytes:
         """Encoded image bytes (any readable format) → encoded bytes in `fmt` (for pipes)."""
-        picture = images.decode(data, name="standard input", max_pixels=self.max_pixels)
-        return images.encode(self.upscale_picture(picture, progress), fmt, quality)[0]
+        return self.upscale_encoded(data, fmt, quality, name="standard input", progress=progress).data
+
+    def upscale_encoded(
+        self, data: bytes, fmt: str = "png", quality: int | None = None, name: str = "image",
+        progress: ProgressFn | None = None,
+    ) -> Encoded:
+        """A file's whole work: its bytes → the output file's bytes, with sizes and notes for the report.
+        Local batches (upscale.batch) and Ray workers (upscale.distributed) both call this, so a file's
+        output is the same bytes wherever it runs. `name` is how errors name the input."""
+        picture = images.decode(data, name=name, max_pixels=self.max_pixels)
+        big = self.upscale_picture(picture, progress)
+        out, notes = images.encode(big, fmt, quality)
+        return Encoded(out, picture.size, big.size, notes)
 
     def upscale_file(
         self,
