@@ -209,9 +209,9 @@ def _existing(fs: Any, root: str | None, paths: list[str]) -> set[str]:
     from pyarrow import fs as pafs
 
     if root is not None:  # one listing of the destination, not one request per output
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        if fs.get_file_info(root).type == pafs.FileType.File:
-            infos = [fs.get_file_info(root)]
+        infos = [fs.get_file_info(root)]  # -o names one file
+        if infos[0].type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     else:
         infos = fs.get_file_info(paths) if paths else []
     return {i.path for i in infos if i.type == pafs.FileType.File}
