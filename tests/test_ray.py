@@ -174,6 +174,24 @@ def test_real_vapsr_x2_to_a_file_uri(ray_address, shared, tmp_path):
     assert _files(tmp_path / "remote") == _files(tmp_path / "local")
 
 
+def test_an_interrupted_run_leaves_whole_files_and_a_rerun_finishes(ray_address, tiny_weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(8):
+        Image.fromarray(noise((24, 24, 3), 20 + i)).save(src / f"img{i}.png")
+    settings = {"weights": str(tiny_weights), "model": "vapsr-s", "device": "cpu"}
+    results = distributed.run(settings, distributed.plan([src], out, tag="_x4"))
+    assert next(results).status == "ok"
+    results.close()  # what Ctrl-C does to the job: the driver stops consuming, the generator unwinds
+    for name in os.listdir(out):  # under a final name there is only ever a whole image
+        if not name.startswith("."):
+            assert Image.open(out / name).size == (96, 96)
+    rest = distributed.plan([src], out, tag="_x4")
+    assert len(rest.tasks) == 8 - sum(not n.startswith(".") for n in os.listdir(out))
+    assert all(r.status in ("ok", "skipped") for r in distributed.run(settings, rest))
+    assert sorted(os.listdir(out)) == [f"img{i}_x4.png" for i in range(8)]  # and no temporary files left
+
+
 # ---- without Ray ------------------------------------------------------------------------------------
 
 

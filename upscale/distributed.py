@@ -246,13 +246,13 @@ def write(fs: Any, path: str, data: bytes) -> None:
         raise
 
 
-def _remove_partial(plan: Plan, unfinished: list[Task]) -> None:
-    """After an interruption: the temporary files of writes that were cut short (workers killed mid-write)."""
+def _remove_partial(plan: Plan, tasks: list[Task]) -> None:
+    """Remove the temporary files of these tasks' writes (one listing per output folder)."""
     from pyarrow import fs as pafs
 
     fs = plan.dest_fs or pafs.LocalFileSystem()
     by_folder: dict[str, set[str]] = {}
-    for task in unfinished:
+    for task in tasks:
         folder, name = posixpath.split(task.write)
         by_folder.setdefault(folder, set()).add(name)
     for folder, names in by_folder.items():
@@ -400,15 +400,12 @@ def _run(ray: Any, settings: dict[str, Any], job: Plan, address: str | None, wor
             if task.read not in done:  # Ray could not read it (the block was dropped: max_errored_blocks)
                 yield batch.Result(task.label, task.output_label, "failed",
                                    error=f"cannot read {task.label} (run with --debug for Ray's logs)")
-    except BaseException:
+    finally:
         if started:  # stop the workers before cleaning up after them
             ray.shutdown()
-            started = False
-        _remove_partial(job, [t for t in job.tasks if t.read not in done])
-        raise
-    finally:
-        if started:
-            ray.shutdown()
+        # Temporary files of writes cut short: a worker that died mid-write (restarted by Ray), or workers
+        # stopped by an interruption. Under a final name there is only ever a whole file.
+        _remove_partial(job, job.tasks)
 
 
 # A log line of Ray's C++ core: "[2026-01-01 10:00:00,123 E 4242 4242] core_worker.cc:2465: ..."
