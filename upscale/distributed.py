@@ -454,16 +454,36 @@ def _native_logs_hidden() -> Iterator[None]:
 
 def _reports(ray: Any, settings: dict[str, Any], job: Plan, workers: str | int | None,
              gpus_per_worker: float | None, quality: int | None, debug: bool) -> Iterator[str]:
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = debug  # the driver draws its own bar
-    ctx.enable_auto_log_stats = False
-    ctx.max_errored_blocks = -1  # a block whose worker kept dying is dropped (and reported), not fatal
-    if not debug:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-    pool = resources(ray.cluster_resources(), len(ray.nodes()), workers, gpus_per_worker, len(job.tasks))
+    wanted = {
+        "enable_progress_bars": debug,  # the driver draws its own bar
+        "enable_auto_log_stats": False,
+        "max_errored_blocks": -1,  # a file Ray could not read is dropped (and reported), not fatal
+    }
+    before = {name: getattr(ctx, name) for name in wanted}  # a library caller's own settings come back after
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for name, value in wanted.items():
+            setattr(ctx, name, value)
+        for lg in loggers if not debug else []:
+            lg.setLevel(logging.ERROR)
+        yield from _execute(ray, settings, job, workers, gpus_per_worker, quality, debug)
+    finally:
+        for name, value in before.items():
+            setattr(ctx, name, value)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _execute(ray: Any, settings: dict[str, Any], job: Plan, workers: str | int | None,
+             gpus_per_worker: float | None, quality: int | None, debug: bool) -> Iterator[str]:
+    from ray.data import ActorPoolStrategy
+
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    pool = resources(ray.cluster_resources(), nodes, workers, gpus_per_worker, len(job.tasks))
     table = [ray.put(job.tasks)]  # in each node's object store once, not pickled into every actor
     attempts = ray.remote(num_cpus=0)(Attempts).remote()
     data = ray.data.read_binary_files(
