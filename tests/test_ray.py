@@ -28,15 +28,13 @@ from PIL import Image
 from upscale import distributed
 from upscale.errors import UsageError
 
-# Before anything imports ray: Ray reads it once, and then binds every service to 127.0.0.1.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """A local Ray for the session; its address, for CLI runs (`--ray auto` with RAY_ADDRESS)."""
+    """A local Ray for the session, started as `--ray local` starts one; its address, for CLI runs
+    (`--ray auto` with RAY_ADDRESS)."""
     if not HAVE_RAY:
         msg = "ray is not installed: pip install -e '.[ray]' to run the Ray tests"
         if os.environ.get("UPSCALE_REQUIRE_RAY") == "1":
@@ -44,7 +42,7 @@ def ray_address():
         pytest.skip(msg)
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    assert distributed.connect(distributed.LOCAL, num_cpus=2)  # as `--ray local` starts it
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -342,10 +342,11 @@ def import_ray(address: str | None = None) -> Any:
     return ray
 
 
-def connect(address: str, debug: bool = False) -> bool:
-    """Join or start Ray: `local` (a new Ray on this machine, 127.0.0.1 only), `auto` (the running cluster),
-    `ray://HOST:PORT` (Ray client) or HOST:PORT. True when this call started it (the caller shuts it down).
-    Ray's own logs stay out of the terminal unless `debug`."""
+def connect(address: str, debug: bool = False, num_cpus: int | None = None) -> bool:
+    """Join or start Ray: `local` (a new Ray on this machine, 127.0.0.1 only; `num_cpus` limits it),
+    `auto` (the running cluster), `ray://HOST:PORT` (Ray client) or HOST:PORT. True when this call
+    connected (the caller shuts it down); False when this process was connected already. Ray's own logs
+    stay out of the terminal unless `debug`."""
     ray = import_ray(address)
     if ray.is_initialized():
         return False
@@ -353,7 +354,7 @@ def connect(address: str, debug: bool = False) -> bool:
     options: dict[str, Any] = {"logging_level": level, "log_to_driver": debug}
     try:
         if address == LOCAL:
-            ray.init(address="local", include_dashboard=False, **options)
+            ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, **options)
         else:
             ray.init(address=address, **options)
     except ConnectionError as exc:
