@@ -60,11 +60,19 @@ def run(label: str, args: list[str], env: dict[str, str]) -> dict:
     cmd = [sys.executable, "-m", "upscale", *args, "--json", "-q"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    stamps, failed = [], 0
+    stamps, failed, stray = [], 0, []
     for line in proc.stdout:
-        if line.strip():
-            stamps.append(time.perf_counter() - start)
-            failed += json.loads(line)["status"] != "ok"
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:  # stdout must carry only JSON: show what else came
+            stray.append(line.rstrip())
+            continue
+        stamps.append(time.perf_counter() - start)
+        failed += row["status"] != "ok"
+    if stray:
+        print(f"{label}: {len(stray)} stdout line(s) that are not JSON, e.g. {stray[0][:200]!r}")
     stderr = proc.stderr.read()
     code = proc.wait()
     wall = time.perf_counter() - start
