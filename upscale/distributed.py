@@ -489,8 +489,10 @@ def _execute(ray: Any, settings: dict[str, Any], job: Plan, workers: str | int |
     attempts = ray.remote(num_cpus=0)(Attempts).remote()
     data = ray.data.read_binary_files(
         [t.read for t in job.tasks], include_paths=True, filesystem=job.source_fs,
-        override_num_blocks=len(job.tasks),  # one file per block: per-file streaming and retries
-        num_cpus=0,  # reading is I/O: never kept waiting for the cores the workers hold
+        # reading is I/O: never kept waiting for the cores the workers hold, but a bounded number of read
+        # tasks at once (a task without CPUs is otherwise started at once, each in a process of its own)
+        num_cpus=0, concurrency=2 * pool.max_workers,
+        override_num_blocks=min(len(job.tasks), 32 * pool.max_workers),  # files stream in small blocks
     )
     results = data.map_batches(
         Worker, batch_size=1, batch_format="numpy",
