@@ -19,6 +19,7 @@ filesystems open: s3://, gs://, abfs://, file://. No Ray and no torch at import 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import os
@@ -26,13 +27,12 @@ import posixpath
 import re
 import time
 import traceback
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from upscale import batch, images
+from upscale import atomic, batch, images
 from upscale.errors import UpscaleError, UsageError
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'upscale[ray]'"
@@ -231,8 +231,8 @@ def write(fs: Any, path: str, data: bytes) -> None:
             raise UpscaleError(f"cannot create the folder {folder}: {exc.strerror}") from None
         images.write_bytes(data, path)
         return
-    folder, name = posixpath.split(path)
-    tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.part")  # the local temporary names' pattern
+    folder = posixpath.dirname(path)
+    tmp = str(atomic.temp_path(PurePosixPath(path)))  # the temporary names of local writes
     try:
         fs.create_dir(folder, recursive=True)  # nothing on object stores
         with fs.open_output_stream(tmp) as out:
@@ -251,15 +251,15 @@ def _remove_partial(plan: Plan, tasks: list[Task]) -> None:
     from pyarrow import fs as pafs
 
     fs = plan.dest_fs or pafs.LocalFileSystem()
-    by_folder: dict[str, set[str]] = {}
+    by_folder: dict[str, list[str]] = {}
     for task in tasks:
         folder, name = posixpath.split(task.write)
-        by_folder.setdefault(folder, set()).add(name)
-    for folder, names in by_folder.items():
+        by_folder.setdefault(folder, []).append(atomic.temp_glob(name))
+    for folder, patterns in by_folder.items():
         with contextlib.suppress(Exception):
             for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
                 base = posixpath.basename(info.path)
-                if base.endswith(".part") and base.startswith(".") and base[1:].rsplit(".", 2)[0] in names:
+                if base.startswith(".") and base.endswith(".part") and any(fnmatch.fnmatchcase(base, p) for p in patterns):
                     fs.delete_file(info.path)
 
 

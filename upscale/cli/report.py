@@ -69,18 +69,20 @@ class Report:
         bar, task = self._bar, self._task
         return lambda done, total: bar.update(task, completed=done, total=total)
 
-    def run(self, results: Iterable, count: int) -> None:
+    def run(self, results: Iterable, count: int, per_image: bool = True) -> None:
+        """`per_image`: a second bar for the image in progress (not for Ray runs: images finish elsewhere)."""
         import time
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         start = time.perf_counter()
         show_bar = not self.quiet and err.is_terminal
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _rate_column(),
+                   TimeRemainingColumn())
         with Progress(*columns, console=err.console(), disable=not show_bar, transient=True) as bar:
             self._bar = bar
             overall = bar.add_task("images", total=count)
-            self._task = bar.add_task("", total=None)
+            self._task = bar.add_task("", total=None) if per_image else None
             for result in results:
                 self._line(result)
                 bar.advance(overall)
@@ -105,6 +107,19 @@ class Report:
             say(f"{r.input} → {r.output}  {w}×{h} → {bw}×{bh}  {r.seconds:.1f} s")
             for note in r.notes:
                 say(f"note: {r.input}: {note}")
+
+
+def _rate_column():
+    """Images per second on the overall bar (blank on the per-image bar and before the first image)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None or task.description != "images" else f"{speed:.2f} img/s")
+
+    return Rate()
 
 
 @contextmanager
