@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -40,9 +41,9 @@ def ray_address():
         if os.environ.get("UPSCALE_REQUIRE_RAY") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
+    assert distributed.connect(distributed.LOCAL, num_cpus=2)  # as `--ray local` starts it (imports ray)
     import ray
 
-    assert distributed.connect(distributed.LOCAL, num_cpus=2)  # as `--ray local` starts it
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -94,13 +95,18 @@ def test_local_ray_listens_on_loopback_only(ray_address):
         pytest.skip("ss (iproute2) is not installed")
     ours = _descendants(os.getpid())  # this session's gcs_server, raylet and workers
     listing = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    addresses = []
-    for line in listing.splitlines():
-        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        if pids & ours:
-            addresses.append(line.split()[3].rsplit(":", 1)[0])
-    assert len(addresses) >= 2, listing  # the GCS and the raylet at least
-    assert set(addresses) <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, addresses
+    mine = [line for line in listing.splitlines() if {int(p) for p in re.findall(r"pid=(\d+)", line)} & ours]
+    assert len(mine) >= 2, listing  # the GCS and the raylet at least
+    loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+    assert all(line.split()[3].startswith(loopback) for line in mine), "\n".join(mine)
+
+
+def test_no_local_ray_on_every_interface_when_ray_was_imported_first(ray_address):
+    code = "import ray\nfrom upscale import distributed\ndistributed.connect('local')"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    assert proc.returncode != 0 and "listen on every network interface" in proc.stderr, proc.stderr
 
 
 def _descendants(root: int) -> set[int]:

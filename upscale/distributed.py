@@ -352,6 +352,9 @@ def connect(address: str, debug: bool = False, num_cpus: int | None = None) -> b
         return False
     level = logging.INFO if debug else logging.ERROR
     options: dict[str, Any] = {"logging_level": level, "log_to_driver": debug}
+    if address == LOCAL and _binds_every_interface(ray):
+        raise UsageError("a local Ray would listen on every network interface: ray was imported before upscale "
+                         "could ask for 127.0.0.1 only (set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before importing it)")
     try:
         if address == LOCAL:
             ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, **options)
@@ -360,6 +363,14 @@ def connect(address: str, debug: bool = False, num_cpus: int | None = None) -> b
     except ConnectionError as exc:
         raise UpscaleError(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}") from None
     return True
+
+
+def _binds_every_interface(ray: Any) -> bool:
+    """Whether Ray, as imported, would start its services on the machine's addresses (Ray reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is first imported)."""
+    from ray._private import ray_constants
+
+    return bool(getattr(ray_constants, "ENABLE_RAY_CLUSTER", True))
 
 
 def run(
