@@ -79,7 +79,12 @@ def plan(
     if batch.STDIO in texts or (output is not None and str(output) == batch.STDIO):
         raise UsageError("--ray reads and writes files: standard input and output (-) are for local runs")
     if any(is_uri(t) for t in [*texts, str(output or "")]):
-        return _plan_uris(texts, None if output is None else str(output), recursive, tag, fmt, overwrite)
+        if not texts:
+            raise UsageError("no input: give image files, folders or URIs")
+        try:
+            return _plan_uris(texts, None if output is None else str(output), recursive, tag, fmt, overwrite)
+        except OSError as exc:  # permissions, credentials, an unreachable store: one line, not a traceback
+            raise UpscaleError(f"cannot list the inputs or the output: {_first_line(exc)}") from None
     sources = batch.collect(texts, recursive=recursive, exclude=Path(output) if output else None)
     jobs = batch.plan(sources, output, tag=tag, fmt=fmt, overwrite=overwrite)
     result = Plan([])
