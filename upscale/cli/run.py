@@ -24,6 +24,7 @@ Examples:
   upscale photo.png --weights my.pth       a checkpoint of your own (architecture detected)
   cat in.jpg | upscale - -o - > out.png    a pipe: logs go to stderr, the image to stdout
   upscale photos/ --json -q                one JSON object per image, for scripts
+  upscale s3://b/in -r -o s3://b/out --ray auto   on a Ray cluster (pip install 'upscale[ray]')
   upscale models                           the models you can use
 
 \b
