@@ -233,7 +233,7 @@ def plan(
             jobs.append(Job(src, out_file, out_fmt, kind=kind))
             continue
         stem = "stdin" if src.path is None else src.path.stem
-        name = f"{stem}{tag}{_moving_suffix(src.path, kind, fmt_key, codec) or ext}"
+        name = output_name(stem, tag, _moving_suffix(src.path, kind, fmt_key, codec) or ext)
         if out_dir is not None:
             sub = src.rel.parent if src.rel is not None else Path()
             dst = out_dir / sub / name
@@ -252,6 +252,11 @@ def stdout_target(sources: Sequence[Source], output: str | Path | None, stdout: 
     if to_stdout and stdout is not None and stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     return to_stdout
+
+
+def output_name(stem: str, tag: str, ext: str) -> str:
+    """`photo` → `photo_x4.png`: the naming rule of every run, local or on Ray (upscale.distributed)."""
+    return f"{stem}{tag}{ext}"
 
 
 def _moving_suffix(path: Path | None, kind: str, fmt: str | None, codec: str | None) -> str | None:
@@ -425,7 +430,8 @@ def _finish(stages: _Stages, job: Job, item: Future | Result, info: dict[str, An
 
 class _Stages:
     """One job's stages (decode, model, encode + write), each timed; `outcome` turns a failure into the
-    job's Result."""
+    job's Result. They are Upscaler.upscale_encoded's steps (what Ray workers run), split so that they
+    overlap: the same calls, so the same bytes."""
 
     def __init__(self, up: Upscaler, quality: int | None, png_compression: int | None,
                  progress: Callable[[Job], ProgressFn | None] | None, catch: bool,

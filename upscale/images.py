@@ -70,16 +70,20 @@ class Picture:
 
 
 def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
+    return decode(read_bytes(path), name=str(path), max_pixels=max_pixels)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, with one clear error for the usual ways reading fails."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise UpscaleError(f"input not found: {path}") from None
     except IsADirectoryError:
         raise UpscaleError(f"input is a folder, not an image: {path} (pass the folder itself, or -r)") from None
     except PermissionError:
         raise UpscaleError(f"cannot read {path}: permission denied") from None
-    return decode(data, name=str(path), max_pixels=max_pixels)
 
 
 def decode(data: bytes, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:

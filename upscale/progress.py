@@ -117,7 +117,8 @@ class Display:
             return ""
         left = (self.count - self._done) * self._ran_seconds / self._ran
         minutes, secs = divmod(int(left + 0.5), 60)
-        return f"  {minutes}:{secs:02d} left" if self._done < self.count else ""
+        rate = f"  {self._ran / max(self._ran_seconds, 1e-9):.2f} img/s"
+        return rate + (f"  {minutes}:{secs:02d} left" if self._done < self.count else "")
 
     # -- lines -------------------------------------------------------------------------------------
 

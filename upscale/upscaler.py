@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "vapsr"
 ALPHA_METHODS = ("model", "resize")
+
+
+@dataclass
+class Encoded:
+    """An output file's bytes, and what a report says about them."""
+
+    data: bytes
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    notes: list[str]
 
 
 class Upscaler:
@@ -197,8 +208,20 @@ class Upscaler:
         png_compression: int | None = None,
     ) -> bytes:
         """Encoded image bytes (any readable format) → encoded bytes in `fmt` (for pipes)."""
-        picture = images.decode(data, name="standard input", max_pixels=self.max_pixels)
-        return images.encode(self.upscale_picture(picture, progress), fmt, quality, png_compression)[0]
+        return self.upscale_encoded(data, fmt, quality, png_compression, name="standard input", progress=progress).data
+
+    def upscale_encoded(
+        self, data: bytes, fmt: str = "png", quality: int | None = None, png_compression: int | None = None,
+        name: str = "image", progress: ProgressFn | None = None,
+    ) -> Encoded:
+        """A file's whole work: its bytes → the output file's bytes, with sizes and notes for the report.
+        Ray workers (upscale.distributed) call this; local folder runs (upscale.batch) run the same three
+        steps (decode, upscale_picture, encode) split into pipeline stages, so a file's output is the same
+        bytes wherever it runs. `name` is how errors name the input."""
+        picture = images.decode(data, name=name, max_pixels=self.max_pixels)
+        big = self.upscale_picture(picture, progress)
+        out, notes = images.encode(big, fmt, quality, png_compression)
+        return Encoded(out, picture.size, big.size, notes)
 
     def upscale_file(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from upscale.cli import options
 from upscale.cli.report import Report, err, run_line, say
+from upscale.errors import UsageError
 
 EXAMPLES = """\
 Examples:
@@ -25,6 +27,7 @@ Examples:
   upscale clip.mp4 -s 2                    a video, frame by frame: clip_x2.mp4 (sound kept)
   upscale clip.mkv --codec h265 --crf 20   another codec; ffv1 is lossless
   upscale sticker.gif                      every frame of an animation: sticker_x4.gif
+  upscale s3://b/in -r -o s3://b/out --ray auto   on a Ray cluster (pip install 'upscale[ray]')
   upscale models                           the models you can use
 
 \b
@@ -122,6 +125,24 @@ def run(
                                  "a number for vp9 (0-8) and av1 (0-13).")
     ] = None,
     json_lines: options.Json = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", show_default=False,
+                     help="Run on Ray workers (pip install 'upscale[ray]'): local (a Ray on this machine, a worker per "
+                     "GPU), auto (the running cluster) or ray://HOST:PORT. INPUTS and -o may then be s3://, gs://, "
+                     "abfs:// or file:// URIs."),
+    ] = None,
+    ray_workers: Annotated[
+        str | None,
+        typer.Option("--ray-workers", metavar="N|MIN-MAX", show_default=False,
+                     help="Ray workers, or a pool that grows from MIN to MAX (default: one per GPU, else one per node)."),
+    ] = None,
+    ray_gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--ray-gpus-per-worker", metavar="G", show_default=False,
+                     help="GPUs per Ray worker (default 1 where there are GPUs; 0.5 puts two workers of a small model "
+                     "on each GPU)."),
+    ] = None,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -129,20 +150,48 @@ def run(
     from upscale.upscaler import Upscaler
     from upscale.video import VideoSettings, check_settings
 
-    settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))  # before any model loads
+    video_settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))  # before any model loads
+    limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
+    settings = dict(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
+                    offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                    **limit)
+    if ray is not None:
+        _run_on_ray(ray, ray_workers, ray_gpus_per_worker, settings, inputs or [], output, recursive=recursive,
+                    suffix=suffix, fmt=fmt, quality=quality, png_compression=png_compression, overwrite=overwrite,
+                    json_lines=json_lines, quiet=quiet, debug=debug)
+        return
+    if ray_workers is not None or ray_gpus_per_worker is not None:
+        raise UsageError("--ray-workers and --ray-gpus-per-worker are for runs on Ray: add --ray ADDRESS")
     sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
     to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
-    limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
-    up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
-                  offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                  **limit)
+    up = Upscaler(**settings)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
-    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=settings.codec)
+    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=video_settings.codec)
     report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
     runnable = sum(not (j.skip or j.error) for j in jobs)
     if not quiet and (runnable > 1 or (runnable and err.is_terminal)):  # a lone image's error stays one line
         say(run_line(up, precision))
     report.run(batch.run(up, jobs, quality=quality, png_compression=png_compression, catch=not debug,
-                         progress=report.progress_for, phase=report.phase, video_settings=settings), len(jobs))
+                         progress=report.progress_for, phase=report.phase, video_settings=video_settings), len(jobs))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _run_on_ray(address: str, workers: str | None, gpus_per_worker: float | None, settings: dict, inputs: list[str],
+                output: str | None, *, recursive: bool, suffix: str | None, fmt: str | None, quality: int | None,
+                png_compression: int | None, overwrite: bool, json_lines: bool, quiet: bool, debug: bool) -> None:
+    """The same job on Ray (upscale/distributed.py): planned here, run on the workers."""
+    from upscale import distributed
+    from upscale.upscaler import scale_suffix
+
+    distributed.import_ray(address)  # without the extra: how to install it, before any work
+    tag = suffix if suffix is not None else scale_suffix(distributed.check_settings(settings, address),
+                                                         settings["outscale"])
+    job = distributed.plan(inputs, output, recursive=recursive, tag=tag, fmt=fmt, overwrite=overwrite)
+    results = distributed.run(settings, job, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                              quality=quality, png_compression=png_compression, debug=debug)
+    report = Report(quiet=quiet, json_out=sys.stdout if json_lines else None)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its warnings to stdout: keep it for the JSON lines
+        report.run(results, len(job.tasks) + len(job.planned))
     if report.failed:
         raise typer.Exit(1)
