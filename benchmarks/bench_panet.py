@@ -2,6 +2,14 @@
 
     python benchmarks/bench_panet.py                  # 48², 96², 128², 192² at 64 channels (+ 256 at 48², 96²)
     python benchmarks/bench_panet.py --sizes 96 --width 256
+    python benchmarks/bench_panet.py --model --sizes 48 96 --threads 1   # the whole PA-EDSR ×4 network
+
+--model: the whole network (PA-EDSR ×4 at the authors' size, the official checkpoint layout with
+random weights: speed does not depend on the values) on a sizes² input, this module's forward
+against the same network with the authors' attention (`attend_dense`: all scores at once, conv2d /
+softmax / conv_transpose2d as their code computes it), alternating, in one process, best of
+`--repeat`. Times are wall and CPU (user + system, all threads) seconds; "×" is the authors' time over
+ours (above 1: ours is faster).
 
 Each case runs in a fresh subprocess. Peak memory is that process's resident-set high-water mark
 (getrusage ru_maxrss) after the call minus the same mark just before it, once the inputs exist and
@@ -23,6 +31,9 @@ import subprocess
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's upscale, not an installed one
+
 SIZES = (48, 96, 128, 192)
 DENSE_LIMIT = 16e9
 
@@ -39,6 +50,56 @@ def _features(n: int, c: int, cm: int):
         keys.append(torch.randn(cm, h, w, generator=g) * 0.5)
         values.append(torch.randn(c, h, w, generator=g))
     return query, keys, values
+
+
+def model_case(sizes: list[int], threads: int, repeat: int) -> None:
+    """The whole PA-EDSR ×4 network, ours against the authors' attention, same weights, same process."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from upscale.models import from_state_dict, panet
+
+    torch.set_grad_enabled(False)
+    if threads:
+        torch.set_num_threads(threads)
+    shared = Path(os.environ.get("UPSCALE_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
+    layout = json.loads((shared / "reference" / "checkpoint_layouts.json").read_text())["pa-edsr_x4"]
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(v["shape"], generator=g) * 0.02 if getattr(torch, v["dtype"]).is_floating_point
+          else torch.zeros(v["shape"], dtype=getattr(torch, v["dtype"])) for k, v in layout["keys"].items()}
+    model = from_state_dict(sd).eval()
+    ours = panet.attend
+
+    def dense(*args, chunk=None, **kwargs):
+        return panet.attend_dense(*args, **kwargs)
+
+    def authors(x: torch.Tensor) -> torch.Tensor:
+        panet.attend = dense  # the module looks `attend` up at each call
+        try:
+            return model.net(x)
+        finally:
+            panet.attend = ours
+
+    print(f"PA-EDSR ×4 (official layout, random weights), threads {torch.get_num_threads()}, best of {repeat}")
+    print("| input | ours wall s | ours CPU s | authors' wall s | authors' CPU s | × wall | × CPU | max |diff| |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        x = torch.rand(1, 3, n, n, generator=g)
+        model.net(x[:, :, :16, :16])  # warm-up
+        best = {"ours": [float("inf")] * 2, "authors": [float("inf")] * 2}
+        outs = {}
+        for _ in range(repeat):
+            for name, fn in (("ours", model.net), ("authors", authors)):
+                t, c0 = time.perf_counter(), _cpu_seconds()
+                outs[name] = fn(x)
+                wall, cpu = time.perf_counter() - t, _cpu_seconds() - c0
+                best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
+        diff = (outs["ours"] - outs["authors"]).abs().max().item()
+        (ow, oc), (aw, ac) = best["ours"], best["authors"]
+        print(f"| {n}² | {ow:.2f} | {oc:.2f} | {aw:.2f} | {ac:.2f} | {aw / ow:.2f} | {ac / oc:.2f} | {diff:.1e} |",
+              flush=True)
 
 
 def run_case(method: str, n: int, c: int, chunk: int | None, threads: int) -> dict:
@@ -106,8 +167,13 @@ def main() -> None:
     ap.add_argument("--full-width-sizes", type=int, nargs="*", default=[48, 96], help="sizes also run at 256")
     ap.add_argument("--chunk", type=int, default=0, help="queries per chunk (0: the module's default)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--model", action="store_true", help="the whole network, ours against the authors' attention")
+    ap.add_argument("--repeat", type=int, default=2, help="--model: timed runs per case (the fastest counts)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.model:
+        model_case(a.sizes if a.sizes != list(SIZES) else [48, 96], a.threads, a.repeat)
+        return
     if a.child:
         method, n, c, chunk, threads = a.child
         print(json.dumps(run_case(method, int(n), int(c), int(chunk) or None, int(threads))))

@@ -97,6 +97,7 @@ def test_messy_folder_batch_then_resume(messy_folder, real_weights, tmp_path):
             assert [row["output_size"][0], row["output_size"][1]] == [4 * row["input_size"][0], 4 * row["input_size"][1]]
             assert row["model"] == "vapsr" and row["scale"] == 4 and row["device"] == "cpu" and row["precision"]
     assert "error:" in stderr and "broken.png" in stderr and "6 upscaled, 0 skipped, 1 failed" in stderr
+    assert stderr.startswith("vapsr x4 on cpu, ")  # the run's first line: model, device, precision
 
     made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert made == ["anim_x4.png", "cutout_x4.png", "deep16_x4.png", "gray_x4.png", "sub dir/inner_x4.png",

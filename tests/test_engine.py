@@ -209,9 +209,11 @@ def test_a2n_passes_recompute_a_non_finite_tile_in_fp32(a2n, monkeypatch):
 
 def test_auto_runs_the_whole_image_when_it_fits(a2n):
     img = image(40, 50, seed=4)
-    tiles = []
-    out = upscale_array(a2n, img, progress=lambda d, t: tiles.append(t))
-    assert tiles == [1]
+    calls = []
+    out = upscale_array(a2n, img, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (1, 1)  # one step: the whole image
+    layers = calls[:-1]  # within it, its layers as they ran (upscale.layer_progress)
+    assert layers == [(i + 1, len(layers)) for i in range(len(layers))] and len(layers) > 10
     np.testing.assert_array_equal(out, upscale_array(a2n, img, tile=0))
 
 
@@ -348,8 +350,8 @@ def test_bad_tile_values_are_reported(vapsr):
 
 
 def test_auto_tile_shrinks_with_the_budget(vapsr):
-    whole = memory.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=1 << 40, host_band=True)
-    small = memory.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=20 << 20, host_band=True)
+    whole = memory.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=1 << 40, with_band=True)
+    small = memory.auto_tile(vapsr, 200, 200, 32, torch.float32, budget=20 << 20, with_band=True)
     assert whole == 0
     assert memory.MIN_TILE <= small < 200
 

@@ -240,6 +240,16 @@ def test_eval_command_on_a_terminal(tmp_path):
     assert "━" in text and "2/2" in text, text  # the bar, with both images done (the table is on stdout)
 
 
+def test_eval_keeps_fp32_unless_asked(tmp_path):
+    """Paper figures stay exact: eval runs fp32 (not `auto`, which picks bf16 on native-bf16 CPUs)."""
+    sd, _ = _tiny_vapsr()
+    torch.save(sd, tmp_path / "tiny.pth")
+    ds = _dataset(tmp_path / "Tiny", 2)
+    args = ("eval", ds, "--weights", tmp_path / "tiny.pth", "--device", "cpu", "-s", "2", "--json")
+    reports = [json.loads(run_cli(*args, *extra).stdout) for extra in ((), ("--precision", "bf16"))]
+    assert [r["precision"] for r in reports] == ["fp32", "bf16"]
+
+
 def test_eval_command_rejects_a_folder_that_is_not_a_dataset(tmp_path):
     sd, _ = _tiny_vapsr()
     torch.save(sd, tmp_path / "tiny.pth")

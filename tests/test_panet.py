@@ -141,3 +141,36 @@ def test_attention_handles_batches_like_single_images():
             [att.conv_assembly(r)[0] for r in ref],
         )
     assert (both[0] - (dense + 0.1 * x[0])).abs().max().item() < 1e-5
+
+
+def test_compute_tile_balances_overlap_and_attention():
+    cfg = {"n_feats": 256, "match_feats": 32, "n_resblocks": 32, "n_colors": 3, "levels": 5, "ksize": 3}
+    tiles = [panet.compute_tile(cfg, 4, overlap) for overlap in (0, 10, 32)]
+    assert tiles[0] < tiles[1] < tiles[2]  # more context to recompute: fewer, larger tiles
+    conv = panet.conv_flops(cfg, 4)
+    assert 95e6 < conv < 105e6  # 65 body convs at 256 channels, head, ×4 upsampler, tail
+
+    def per_pixel(side: int, core: int) -> float:
+        return side * side * (conv + panet.attention_flops(side, side, cfg)) / (core * core)
+
+    # a 1000² image as one window (what a large memory budget allows) costs over 10× the chosen tiles
+    t = tiles[2]
+    assert per_pixel(1000, 1000) > 10 * per_pixel(t + 64, t)
+    assert panet.tile_side_for(80 << 30, 256) > 5 * t  # memory alone would allow far larger tiles
+    assert panet.compute_tile(cfg, 4, 32, 1000, 1000) == t  # a large image: tiles
+    assert panet.compute_tile(cfg, 4, 32, 100, 90) == 0  # a small one costs least whole (no overlap)
+
+
+def test_auto_tile_is_sized_by_compute_as_well_as_memory(reference_case):
+    """With memory to spare, a large image still gets the tiles that cost least to compute; a small one
+    runs whole."""
+    from upscale.infer import memory
+
+    _, sd = reference_case("panet_small_x4")
+    model = from_state_dict(sd)
+    best = panet.compute_tile(model.config, 4, 32, 1000, 1000)
+    assert 16 <= best < 1000
+    assert memory.auto_tile(model, 1000, 1000, 32, torch.float32, budget=1 << 45) == best
+    assert memory.auto_tile(model, 60, 50, 32, torch.float32, budget=1 << 45) == 0
+    tight = memory.auto_tile(model, 1000, 1000, 32, torch.float32, budget=64 << 20)
+    assert 32 <= tight < best  # memory still caps it

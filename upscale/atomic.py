@@ -44,7 +44,12 @@ def temp_path(dest: str | Path) -> Path:
 def stale_temps(dest: str | Path) -> list[Path]:
     """Temporary files of `dest` left by interrupted writes (remove them only while holding a lock)."""
     dest = Path(dest)
-    return list(dest.parent.glob(f".{glob.escape(_tag(dest.name))}.{'?' * 8}{_SUFFIX}"))
+    return list(dest.parent.glob(temp_glob(dest.name)))
+
+
+def temp_glob(name: str) -> str:
+    """The glob pattern of the temporary names of a final `name` (for listings of other filesystems)."""
+    return f".{glob.escape(_tag(name))}.{'?' * 8}{_SUFFIX}"
 
 
 @contextmanager

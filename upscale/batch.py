@@ -16,7 +16,9 @@ import glob
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -53,7 +55,7 @@ class Job:
     skip: str | None = None  # why it will not run (its output exists)
     error: str | None = None  # why it cannot run (decided while planning)
     kind: str = "image"  # "image", "animation" (every frame, format kept) or "video" (upscale/video.py)
-    auto: bool = False  # -f auto: the format was the input's (an image with alpha goes to PNG instead of JPEG)
+    auto: bool = False  # -f auto: the format is the input's (an image with alpha goes to PNG instead of JPEG)
     overwrite: bool = False
 
     @property
@@ -224,7 +226,7 @@ def plan(
             continue
         stem = "stdin" if src.path is None else src.path.stem
         own_ext = _own_extension(src.path, own) if own else None  # type: ignore[arg-type]
-        name = f"{stem}{tag}{_moving_suffix(src.path, kind, fmt_key, codec) or own_ext or ext}"
+        name = output_name(stem, tag, _moving_suffix(src.path, kind, fmt_key, codec) or own_ext or ext)
         if out_dir is not None:
             sub = src.rel.parent if src.rel is not None else Path()
             dst = out_dir / sub / name
@@ -250,6 +252,11 @@ def stdout_target(sources: Sequence[Source], output: str | Path | None, stdout: 
     if to_stdout and stdout is not None and stdout.isatty():
         raise UsageError("refusing to write image bytes to a terminal: redirect standard output, or use -o FILE")
     return to_stdout
+
+
+def output_name(stem: str, tag: str, ext: str) -> str:
+    """`photo` → `photo_x4.png`: the naming rule of every run, local or on Ray (upscale.distributed)."""
+    return f"{stem}{tag}{ext}"
 
 
 def _moving_suffix(path: Path | None, kind: str, fmt: str | None, codec: str | None) -> str | None:
@@ -331,48 +338,85 @@ def _key(path: Path) -> tuple:
 
 # ---- running ---------------------------------------------------------------------------------------
 
+# Images decoded ahead of the one on the model, and outputs waiting to be encoded and written: memory
+# stays bounded by a few images whatever the folder's size.
+DEFAULT_DEPTH = 2
+
+
+def default_encoders() -> int:
+    """Outputs encoded at once. zlib runs one thread per image; on the CPU the model needs the other
+    cores, so half of them at most (one on a 2-core machine)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
 
 def run(
     upscaler: Upscaler,
     jobs: Sequence[Job],
     *,
     quality: int | None = None,
+    png_compression: int | None = None,
     progress: Callable[[Job], ProgressFn | None] | None = None,
     catch: bool = True,
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | None = None,
     video_settings: video.VideoSettings | None = None,
+    depth: int = DEFAULT_DEPTH,
+    encoders: int | None = None,
+    phase: Callable[[Job, str], None] | None = None,
 ) -> Iterator[Result]:
-    """Run the jobs in order, yielding one Result each. A failed job does not stop the others
-    (`catch=False` lets unexpected exceptions through, for debugging)."""
+    """Run the jobs, yielding one Result each, in the jobs' order. A failed job does not stop the others
+    (`catch=False` lets unexpected exceptions through, for debugging).
+
+    Pipelined: while one image is on the model (in the calling thread, which also gets the progress
+    calls), up to `depth` next images are read and decoded in a thread and up to `depth` finished ones
+    are encoded and written by `encoders` threads (default: `default_encoders()`). `depth=0` runs each
+    job's stages one after the other. A Result's `seconds` is its own decode + model + encode + write
+    time. If the caller stops (an exception such as KeyboardInterrupt, or closing the iterator),
+    queued work is dropped and writes already started finish: files are written whole or not at all.
+    `phase(job, "writing")` and `phase(job, "written")` bracket a job's encoding and writing (called
+    from the writer threads), for a display of what is being written."""
+    images.check_png_compression(png_compression)  # a bad level fails before any image runs
     info = dict(upscaler.describe(), outscale=upscaler.outscale) if jobs else {}
-    for job in jobs:
-        if job.skip:
-            yield Result(job.source.label, job.output_label, "skipped", error=job.skip, run=info)
-            continue
-        if job.error:
-            yield Result(job.source.label, job.output_label, "failed", error=job.error, run=info)
-            continue
-        start = time.perf_counter()
-        try:
-            step = progress(job) if progress else None
-            if job.kind == "image":
-                result = _one(upscaler, job, quality, step, stdin, stdout)
+    stages = _Stages(upscaler, quality, png_compression, progress, catch, stdin, stdout, phase, video_settings)
+    if depth <= 0:
+        yield from _sequential(stages, jobs, info)
+        return
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="upscale-decode")
+    writer = ThreadPoolExecutor(encoders or default_encoders(), thread_name_prefix="upscale-encode")
+    ahead: deque[tuple[Job, Future | None]] = deque()  # decoding, in input order
+    behind: deque[tuple[Job, Future | Result]] = deque()  # encoding and writing, in input order
+    pending = iter(jobs)
+    try:
+        while True:
+            while len(ahead) <= depth and (job := next(pending, None)) is not None:
+                # an animation or a video streams through the model by itself: nothing to decode ahead
+                decodes = _runnable(job) and job.kind == "image"
+                ahead.append((job, decoder.submit(stages.decode, job) if decodes else None))
+            if not ahead:
+                break
+            job, decoding = ahead.popleft()
+            if not _runnable(job):
+                behind.append((job, _not_run(job)))
+            elif decoding is None:
+                behind.append((job, stages.outcome(job, lambda j=job: stages.moving(j))))
             else:
-                result = _moving(upscaler, job, quality, step, video_settings)
-        except BrokenPipeError:  # the reader of stdout has gone: click's main ends quietly with exit 1, as cat would
-            raise
-        except UpscaleError as exc:
-            result = Result(job.source.label, job.output_label, "failed", error=str(exc))
-        except Exception as exc:  # e.g. out of memory on one huge image: report it, go on with the rest
-            if not catch:
-                raise
-            text = str(exc).strip().splitlines()
-            result = Result(
-                job.source.label, job.output_label, "failed",
-                error=f"{type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)",
-            )
-        result.seconds = time.perf_counter() - start
+                behind.append((job, stages.model(job, decoding, writer)))
+            # hand back what is finished, in order; wait for the oldest write when too many are queued
+            while behind and (len(behind) > depth or not isinstance(behind[0][1], Future) or behind[0][1].done()):
+                yield _finish(stages, *behind.popleft(), info)
+        while behind:
+            yield _finish(stages, *behind.popleft(), info)
+    finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+
+
+def _sequential(stages: _Stages, jobs: Sequence[Job], info: dict[str, Any]) -> Iterator[Result]:
+    for job in jobs:
+        if not _runnable(job):
+            result = _not_run(job)
+        else:
+            result = stages.outcome(job, lambda j=job: stages.whole(j) if j.kind == "image" else stages.moving(j))
         result.run = info
         yield result
 
@@ -401,34 +445,119 @@ def _make_folder(path: Path) -> None:
         raise UpscaleError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
 
 
-def _one(
-    up: Upscaler, job: Job, quality: int | None, progress: ProgressFn | None,
-    stdin: IO[bytes] | None, stdout: IO[bytes] | None,
-) -> Result:
-    src = job.source
-    fmt, output = job.fmt, job.output
-    if src.path is None:
-        data = (stdin or sys.stdin.buffer).read()
-        picture = images.decode(data, name="standard input", max_pixels=up.max_pixels)
-        if job.auto and output is None:
-            fmt = images.input_format(data=data)
-    else:
-        picture = images.read_image(src.path, max_pixels=up.max_pixels)
-    switched = None
-    if job.auto and picture.pixels.shape[2] in (2, 4) and not images.keeps_alpha(fmt):
-        fmt, switched = "png", f"{fmt.upper()} has no transparency: written as PNG to keep it"
-        if output is not None:
-            output = output.with_suffix(".png")
-            if output.exists() and not job.overwrite:
-                return Result(src.label, str(output), "skipped", error=f"{output} exists (--overwrite to replace it)")
-    big = up.upscale_picture(picture, progress)
-    data, notes = images.encode(big, fmt, quality)
-    notes = [switched, *notes] if switched else notes
-    if output is None:
-        out = stdout or sys.stdout.buffer
-        out.write(data)
-        out.flush()
-    else:
-        _make_folder(output)
-        images.write_bytes(data, output)
-    return Result(src.label, STDIO if output is None else str(output), "ok", picture.size, big.size, notes=notes)
+def _runnable(job: Job) -> bool:
+    return not (job.skip or job.error)
+
+
+def _not_run(job: Job) -> Result:
+    if job.skip:
+        return Result(job.source.label, job.output_label, "skipped", error=job.skip)
+    return Result(job.source.label, job.output_label, "failed", error=job.error)
+
+
+def _finish(stages: _Stages, job: Job, item: Future | Result, info: dict[str, Any]) -> Result:
+    result = item if isinstance(item, Result) else stages.outcome(job, item.result)
+    result.run = info
+    return result
+
+
+class _Stages:
+    """One job's stages (decode, model, encode + write), each timed; `outcome` turns a failure into the
+    job's Result. They are Upscaler.upscale_encoded's steps (what Ray workers run), split so that they
+    overlap: the same calls, so the same bytes."""
+
+    def __init__(self, up: Upscaler, quality: int | None, png_compression: int | None,
+                 progress: Callable[[Job], ProgressFn | None] | None, catch: bool,
+                 stdin: IO[bytes] | None, stdout: IO[bytes] | None, phase: Callable[[Job, str], None] | None,
+                 video_settings: video.VideoSettings | None):
+        self.up, self.quality, self.png_compression = up, quality, png_compression
+        self.progress, self.catch, self.stdin, self.stdout = progress, catch, stdin, stdout
+        self.phase = phase or (lambda job, name: None)
+        self.video_settings = video_settings
+
+    def model(self, job: Job, decoding: Future, writer: Executor) -> Future | Result:
+        """The job on the model (in this thread), once decoded; its encoding and writing queued."""
+        got = self.outcome(job, decoding.result)
+        if isinstance(got, Result):
+            return got
+        picture, spent = got
+        got = self.outcome(job, lambda: self.infer(job, picture))
+        if isinstance(got, Result):
+            return got
+        big, more = got
+        return writer.submit(self.write, job, picture.size, big, spent + more)
+
+    def outcome(self, job: Job, step: Callable[[], Any]) -> Any:
+        try:
+            return step()
+        except BrokenPipeError:  # the reader of stdout has gone: click's main ends quietly with exit 1, as cat would
+            raise
+        except UpscaleError as exc:
+            return Result(job.source.label, job.output_label, "failed", error=str(exc))
+        except Exception as exc:  # e.g. out of memory on one huge image: report it, go on with the rest
+            if not self.catch:
+                raise
+            text = str(exc).strip().splitlines()
+            return Result(
+                job.source.label, job.output_label, "failed",
+                error=f"{type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)",
+            )
+
+    def decode(self, job: Job) -> tuple[images.Picture, float]:
+        start = time.perf_counter()
+        src = job.source
+        if src.path is None:
+            data = (self.stdin or sys.stdin.buffer).read()
+            picture = images.decode(data, name="standard input", max_pixels=self.up.max_pixels)
+            if job.auto and job.output is None:  # -f auto to stdout: the format it arrived in
+                job.fmt = images.input_format(data=data)
+        else:
+            picture = images.read_image(src.path, max_pixels=self.up.max_pixels)
+        return picture, time.perf_counter() - start
+
+    def infer(self, job: Job, picture: images.Picture) -> tuple[images.Picture, float]:
+        start = time.perf_counter()
+        big = self.up.upscale_picture(picture, self.progress(job) if self.progress else None)
+        return big, time.perf_counter() - start
+
+    def write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
+        self.phase(job, "writing")
+        try:
+            return self._write(job, size, big, spent)
+        finally:
+            self.phase(job, "written")
+
+    def _write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
+        start = time.perf_counter()
+        fmt, output, switched = job.fmt, job.output, None
+        if job.auto and big.pixels.shape[2] in (2, 4) and not images.keeps_alpha(fmt):
+            fmt, switched = "png", f"{fmt.upper()} has no transparency: written as PNG to keep it"
+            if output is not None:
+                output = output.with_suffix(".png")
+                if output.exists() and not job.overwrite:
+                    return Result(job.source.label, str(output), "skipped",
+                                  error=f"{output} exists (--overwrite to replace it)")
+        data, notes = images.encode(big, fmt, self.quality, self.png_compression)
+        notes = [switched, *notes] if switched else notes
+        if output is None:
+            out = self.stdout or sys.stdout.buffer
+            out.write(data)
+            out.flush()
+        else:
+            _make_folder(output)
+            images.write_bytes(data, output)
+        seconds = spent + time.perf_counter() - start
+        label = STDIO if output is None else str(output)
+        return Result(job.source.label, label, "ok", size, big.size, seconds, notes=notes)
+
+    def moving(self, job: Job) -> Result:
+        start = time.perf_counter()
+        step = self.progress(job) if self.progress else None
+        result = _moving(self.up, job, self.quality, step, self.video_settings)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def whole(self, job: Job) -> Result:
+        picture, spent = self.decode(job)
+        big, more = self.infer(job, picture)
+        return self.write(job, picture.size, big, spent + more)

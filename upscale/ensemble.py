@@ -72,6 +72,10 @@ class SelfEnsemble(nn.Module):
         return self.model.fp16_safe
 
     @property
+    def cpu_bf16(self) -> bool:
+        return self.model.cpu_bf16
+
+    @property
     def receptive_field(self) -> int | None:
         return self.model.receptive_field
 

@@ -175,17 +175,17 @@ def evaluate(
 
 def describe(up: Upscaler) -> dict[str, Any]:
     """What an evaluation ran (the head of the --json document): model, architecture, scale, weights,
-    self-ensemble, device."""
+    self-ensemble, device, precision."""
     model = up.model
     return {"model": up.model_name or model.arch, "arch": model.arch, "scale": up.scale,
             "weights": None if up.weights is None else str(up.weights), "self_ensemble": up.tta,
-            "device": str(up.device)}
+            "device": str(up.device), "precision": up.resolved_precision()}
 
 
 def title(info: dict[str, Any]) -> str:
-    """The table's title for `describe`'s dict, e.g. "vapsr x4 (self-ensemble) on cpu"."""
+    """The table's title for `describe`'s dict, e.g. "vapsr x4 (self-ensemble) on cpu, fp32"."""
     plus = " (self-ensemble)" if info["self_ensemble"] else ""
-    return f"{info['model']} x{info['scale']}{plus} on {info['device']}"
+    return f"{info['model']} x{info['scale']}{plus} on {info['device']}, {info['precision']}"
 
 
 def report(results: list[DatasetScore], info: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,16 @@ ALPHA_METHODS = ("model", "resize")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # infer.PRECISIONS, known here without importing torch
 MAX_OUTSCALE = 16.0  # a 12-megapixel photo at 16x is 3 gigapixels: a larger --outscale is a typo
 MAX_SIDE = 65_535  # the largest side JPEG can hold: a larger --width/--height is a typo
+
+
+@dataclass
+class Encoded:
+    """An output file's bytes, and what a report says about them."""
+
+    data: bytes
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    notes: list[str]
 
 
 class Upscaler:
@@ -144,22 +155,9 @@ class Upscaler:
         return from_state_dict(sd, arch=arch, scale=scale, **overrides)
 
     def output_tag(self, suffix: str | None = None) -> str:
-        """What goes between an output's stem and its extension.
-
-        `suffix` when given, with an underscore in front when it starts with a letter or digit
-        (`out` → `photo_out.png`, as Real-ESRGAN names it; `-big` and `.hd` are kept as they are).
-        Else what was done: `_x4` (the model's scale), `_x2.5` (outscale), `_w1920`, `_h1080` or
-        `_1920x1080` (a target width, height, or box to fit inside), and `_tta` after it with TTA, so
-        a plain run and a TTA run never take each other's output for their own."""
-        if suffix is not None:
-            return f"_{suffix}" if suffix[:1].isalnum() else suffix
-        if self.width and self.height:
-            tag = f"_{self.width}x{self.height}"
-        elif self.width or self.height:
-            tag = f"_w{self.width}" if self.width else f"_h{self.height}"
-        else:
-            tag = scale_suffix(self.scale, self.outscale)
-        return tag + ("_tta" if self.tta else "")
+        """What goes between an output's stem and its extension (see the function `output_tag`)."""
+        return output_tag(self.scale, outscale=self.outscale, width=self.width, height=self.height, tta=self.tta,
+                          suffix=suffix)
 
     def default_output(self, src: Path, ext: str = ".png") -> Path:
         """`<stem><output_tag()><ext>` beside `src` (photo_x4.png, clip_w1920.mp4)."""
@@ -220,11 +218,24 @@ class Upscaler:
         return images.to_pil(self.upscale_picture(images.from_pil(image), progress))
 
     def upscale_bytes(
-        self, data: bytes, fmt: str = "png", quality: int | None = None, progress: ProgressFn | None = None
+        self, data: bytes, fmt: str = "png", quality: int | None = None, progress: ProgressFn | None = None,
+        png_compression: int | None = None,
     ) -> bytes:
         """Encoded image bytes (any readable format) → encoded bytes in `fmt` (for pipes)."""
-        picture = images.decode(data, name="standard input", max_pixels=self.max_pixels)
-        return images.encode(self.upscale_picture(picture, progress), fmt, quality)[0]
+        return self.upscale_encoded(data, fmt, quality, png_compression, name="standard input", progress=progress).data
+
+    def upscale_encoded(
+        self, data: bytes, fmt: str = "png", quality: int | None = None, png_compression: int | None = None,
+        name: str = "image", progress: ProgressFn | None = None,
+    ) -> Encoded:
+        """A file's whole work: its bytes → the output file's bytes, with sizes and notes for the report.
+        Ray workers (upscale.distributed) call this; local folder runs (upscale.batch) run the same three
+        steps (decode, upscale_picture, encode) split into pipeline stages, so a file's output is the same
+        bytes wherever it runs. `name` is how errors name the input."""
+        picture = images.decode(data, name=name, max_pixels=self.max_pixels)
+        big = self.upscale_picture(picture, progress)
+        out, notes = images.encode(big, fmt, quality, png_compression)
+        return Encoded(out, picture.size, big.size, notes)
 
     def upscale_file(
         self,
@@ -233,10 +244,13 @@ class Upscaler:
         progress: ProgressFn | None = None,
         fmt: str | None = None,
         quality: int | None = None,
+        png_compression: int | None = None,
     ) -> Path:
         """Upscale one image, animation or video file; the default output is `<stem><tag>.png` beside the
-        input (`output_tag`: _x4, _w1920 ...; an animation or a video keeps its own format). The output is written atomically and
-        never over the input. (Folders, skipping of existing outputs and per-file reports: upscale.batch.)"""
+        input (`output_tag`: _x4, _w1920 ...; an animation or a video keeps its own format). The output is
+        written atomically and never over the input. `png_compression`: zlib level 0-9
+        (images.DEFAULT_PNG_COMPRESSION when None).
+        (Folders, pipelined, with skipping of existing outputs and per-file reports: upscale.batch.run.)"""
         from upscale import animation, video
 
         src = Path(src)
@@ -247,7 +261,9 @@ class Upscaler:
         dst = Path(dst) if dst is not None else self.default_output(src)
         _refuse_input(src, dst)
         picture = images.read_image(src, max_pixels=self.max_pixels)
-        images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality)
+        images.check_png_compression(png_compression)
+        images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality,
+                           png_compression=png_compression)
         return dst
 
     # -- moving pictures -------------------------------------------------------------------------------
@@ -389,6 +405,28 @@ def _stage(progress: ProgressFn | None, index: int, count: int) -> ProgressFn | 
     if progress is None:
         return None
     return lambda done, total: progress(index * total + done, count * total)
+
+
+def output_tag(
+    scale: int, *, outscale: float | None = None, width: int | None = None, height: int | None = None,
+    tta: bool = False, suffix: str | None = None,
+) -> str:
+    """What goes between an output's stem and its extension, for every run (local or on Ray).
+
+    `suffix` when given, with an underscore in front when it starts with a letter or digit
+    (`out` → `photo_out.png`, as Real-ESRGAN names it; `-big` and `.hd` are kept as they are).
+    Else what was done: `_x4` (the model's scale), `_x2.5` (outscale), `_w1920`, `_h1080` or
+    `_1920x1080` (a target width, height, or box to fit inside), and `_tta` after it with TTA, so
+    a plain run and a TTA run never take each other's output for their own."""
+    if suffix is not None:
+        return f"_{suffix}" if suffix[:1].isalnum() else suffix
+    if width and height:
+        tag = f"_{width}x{height}"
+    elif width or height:
+        tag = f"_w{width}" if width else f"_h{height}"
+    else:
+        tag = scale_suffix(scale, outscale)
+    return tag + ("_tta" if tta else "")
 
 
 def scale_suffix(scale: int, outscale: float | None = None) -> str:

@@ -33,6 +33,10 @@ def eval_cmd(
         Path | None, typer.Option("--save", metavar="DIR", help="Write the outputs to DIR/<dataset>/<name>.png.")
     ] = None,
     device: options.Device = "auto",
+    precision: Annotated[
+        str | None, typer.Option("--precision", metavar="auto|fp32|fp16|bf16", show_default=False,
+                                 help="Number format (default fp32, so scores are the papers' own).")
+    ] = None,
     as_json: options.Json = False,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
@@ -41,7 +45,8 @@ def eval_cmd(
     from upscale.upscaler import Upscaler
 
     evaluate.check_folders(datasets)
-    up = Upscaler(model=model, scale=scale, weights=weights, device=device, tta=self_ensemble, quiet=quiet)
+    up = Upscaler(model=model, scale=scale, weights=weights, device=device, tta=self_ensemble, quiet=quiet,
+                  precision=precision or "fp32")
     up.model  # load (and fail) before any progress display starts  # noqa: B018
     with named_progress("eval", quiet) as progress:
         results = evaluate.evaluate(up, datasets, save_to=save, progress=progress)

@@ -95,7 +95,8 @@ Device = Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu
 Precision = Annotated[
     str,
     typer.Option("--precision", metavar="auto|fp32|fp16|bf16",
-                 help="Number format (auto: fp16 on GPUs where the model is safe in it, else bf16; fp32 on CPU)."),
+                 help="Number format (auto: fp16 on GPUs where the model is safe in it, else bf16; on CPUs with "
+                 "native bf16, bf16 for VapSR and A2N; else fp32). fp32 gives exact fp32 output."),
 ]
 Json = Annotated[
     bool,

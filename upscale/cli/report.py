@@ -51,54 +51,48 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=1))
 
 
-def json_line(data: Any) -> str:
-    """One JSON line that is valid UTF-8 whatever the file names hold. A name that is not UTF-8 reaches
-    Python with its bytes as lone surrogates (surrogateescape); those, and only those, are written as
-    \\udcXX escapes: still JSON, and json.loads + os.fsencode give back the exact bytes of the name."""
-    return json.dumps(data, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+def run_line(up, asked: str) -> str:
+    """A run's first line: what runs where, in which number format (and why, when auto chose bf16)."""
+    info = up.describe()
+    line = f"{info['model']} x{info['scale']} on {info['device']}, {info['precision']}"
+    if asked.lower() == "auto" and info["precision"] == "bf16" and info["device"] == "cpu":
+        line += " (auto: this CPU computes bf16 natively; --precision fp32 for exact fp32 output)"
+    return line
 
 
 class Report:
-    """`upscale [run]`: progress and one line per image on stderr; JSON lines where asked; the summary."""
+    """`upscale [run]`: progress (upscale.progress) and one line per image on stderr; JSON lines where
+    asked; the summary."""
 
     def __init__(self, quiet: bool, json_out: TextIO | None):
         self.quiet, self.json_out = quiet, json_out
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
-        self._bar = None
-        self._task = None
+        self._display = None
 
     @property
     def failed(self) -> int:
         return self.counts["failed"]
 
     def progress_for(self, job):
-        if self._bar is None or self._task is None:
+        if self._display is None:
             return None
-        bar, task = self._bar, self._task
-        bar.reset(task, total=None, description="")
-        if getattr(job, "kind", "image") == "image":
-            return lambda done, total: bar.update(task, completed=done, total=total)
-        start = time.perf_counter()
+        return self._display.start_image(job.source.label, frames=getattr(job, "kind", "image") != "image")
 
-        def frames(done: int, total: int) -> None:  # an animation or a video: frames, and how fast they go
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=done, total=total, description=f"frames, {rate:.1f}/s")
-
-        return frames
+    def phase(self, job, name: str) -> None:
+        if self._display is not None:
+            self._display.phase(job.output_label, name)
 
     def run(self, results: Iterable, count: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from upscale.progress import Display
 
         start = time.perf_counter()
-        show_bar = not self.quiet and err.is_terminal
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err.console(), disable=not show_bar, transient=True) as bar:
-            self._bar = bar
-            overall = bar.add_task("images", total=count)
-            self._task = bar.add_task("", total=None)
+        with Display(err.console(), count, enabled=not self.quiet and err.is_terminal) as display:
+            self._display = display
             for result in results:
                 self._line(result)
-                bar.advance(overall)
+                display.finished(result.output, ran=result.status == "ok")
+        self._display = None
         if count > 1 and not self.quiet:
             c = self.counts
             say(f"{c['ok']} upscaled, {c['skipped']} skipped, {c['failed']} failed "
@@ -106,20 +100,21 @@ class Report:
 
     def _line(self, r) -> None:
         self.counts[r.status] += 1
+        show = self._display.print
         if self.json_out is not None:
-            print(json_line(r.to_json()), file=self.json_out, flush=True)
+            self._display.json_line(r.to_json(), self.json_out)
         if r.status == "failed":
             where = "" if r.input in (r.error or "") else f"{r.input}: "
-            say(f"error: {where}{r.error}")
+            show(f"error: {where}{r.error}")
         elif self.quiet:
             return
         elif r.status == "skipped":
-            say(f"skipped: {r.error}")
+            show(f"skipped: {r.error}")
         else:
             (w, h), (bw, bh) = r.input_size, r.output_size
-            say(f"{r.input} → {r.output}  {w}×{h} → {bw}×{bh}  {_frames(r)}{r.seconds:.1f} s")
+            show(f"{r.input} → {r.output}  {w}×{h} → {bw}×{bh}  {_frames(r)}{r.seconds:.1f} s")
             for note in r.notes:
-                say(f"note: {r.input}: {note}")
+                show(f"note: {r.input}: {note}")
 
 
 def _frames(r) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,8 @@ import typer
 
 from upscale.cli import options
 from upscale.cli.options import number, whole
-from upscale.cli.report import Report
+from upscale.cli.report import Report, err, run_line, say
+from upscale.errors import UsageError
 
 EXAMPLES = """\
 Examples:
@@ -29,6 +31,7 @@ Examples:
   upscale clip.mp4 -s 2                    a video, frame by frame: clip_x2.mp4 (sound kept)
   upscale clip.mkv --codec h265 --crf 20   another codec; ffv1 is lossless
   upscale sticker.gif                      every frame of an animation: sticker_x4.gif
+  upscale s3://b/in -r -o s3://b/out --ray auto   on a Ray cluster (pip install 'upscale[ray]')
   upscale models                           the models you can use
 
 \b
@@ -82,6 +85,11 @@ def run(
         int | None,
         typer.Option("--quality", metavar="1-100", parser=whole(1, 100, "a quality"),
                      help="JPEG/WebP/AVIF quality (default 95/90/90; WebP 100 = lossless)."),
+    ] = None,
+    png_compression: Annotated[
+        int | None, typer.Option("--png-compression", metavar="0-9", parser=whole(0, 9, "a zlib level"),
+                                 help="PNG zlib level: 0 fastest, 9 smallest (default 1: about 4x faster to write "
+                                 "than 6, files ~10% larger).", show_default=False)
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs that exist (default: skip them, so a rerun resumes).")
@@ -143,6 +151,24 @@ def run(
                                  "a number for vp9 (0-8) and av1 (0-13).")
     ] = None,
     json_lines: options.Json = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", show_default=False,
+                     help="Run on Ray workers (pip install 'upscale[ray]'): local (a Ray on this machine, a worker per "
+                     "GPU), auto (the running cluster) or ray://HOST:PORT. INPUTS and -o may then be s3://, gs://, "
+                     "abfs:// or file:// URIs."),
+    ] = None,
+    ray_workers: Annotated[
+        str | None,
+        typer.Option("--ray-workers", metavar="N|MIN-MAX", show_default=False,
+                     help="Ray workers, or a pool that grows from MIN to MAX (default: one per GPU, else one per node)."),
+    ] = None,
+    ray_gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--ray-gpus-per-worker", metavar="G", show_default=False,
+                     help="GPUs per Ray worker (default 1 where there are GPUs; 0.5 puts two workers of a small model "
+                     "on each GPU)."),
+    ] = None,
     quiet: options.Quiet = False,
     debug: options.Debug = False,
 ) -> None:
@@ -151,18 +177,50 @@ def run(
     from upscale.video import VideoSettings, check_settings
 
     # Every argument is checked before the model loads (torch is imported only then): bad ones exit 2 at once.
-    settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))
+    video_settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))
+    limit = {} if max_megapixels is None else {"max_pixels": round(max_megapixels * 1e6) or None}
+    settings = dict(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
+                    offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                    width=width, height=height, **limit)
+    if ray is not None:
+        _run_on_ray(ray, ray_workers, ray_gpus_per_worker, settings, inputs or [], output, recursive=recursive,
+                    suffix=suffix, fmt=fmt, quality=quality, png_compression=png_compression, overwrite=overwrite,
+                    json_lines=json_lines, quiet=quiet, debug=debug)
+        return
+    if ray_workers is not None or ray_gpus_per_worker is not None:
+        raise UsageError("--ray-workers and --ray-gpus-per-worker are for runs on Ray: add --ray ADDRESS")
     sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
     batch.check_output(sources, output, suffix, fmt)
     to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
-    limit = {} if max_megapixels is None else {"max_pixels": round(max_megapixels * 1e6) or None}
-    up = Upscaler(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
-                  offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                  width=width, height=height, **limit)
+    up = Upscaler(**settings)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
-    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=settings.codec)
+    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=video_settings.codec)
     report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
-    results = batch.run(up, jobs, quality=quality, catch=not debug, progress=report.progress_for, video_settings=settings)
-    report.run(results, len(jobs))
+    runnable = sum(not (j.skip or j.error) for j in jobs)
+    if not quiet and (runnable > 1 or (runnable and err.is_terminal)):  # a lone image's error stays one line
+        say(run_line(up, precision))
+    report.run(batch.run(up, jobs, quality=quality, png_compression=png_compression, catch=not debug,
+                         progress=report.progress_for, phase=report.phase, video_settings=video_settings), len(jobs))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _run_on_ray(address: str, workers: str | None, gpus_per_worker: float | None, settings: dict, inputs: list[str],
+                output: str | None, *, recursive: bool, suffix: str | None, fmt: str | None, quality: int | None,
+                png_compression: int | None, overwrite: bool, json_lines: bool, quiet: bool, debug: bool) -> None:
+    """The same job on Ray (upscale/distributed.py): planned here, run on the workers."""
+    from upscale import distributed
+    from upscale.upscaler import output_tag
+
+    distributed.import_ray(address)  # without the extra: how to install it, before any work
+    scale = distributed.check_settings(settings, address)  # also checks every setting, before Ray starts
+    tag = output_tag(scale, outscale=settings["outscale"], width=settings["width"], height=settings["height"],
+                     tta=settings["tta"], suffix=suffix)
+    job = distributed.plan(inputs, output, recursive=recursive, tag=tag, fmt=fmt, overwrite=overwrite)
+    results = distributed.run(settings, job, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                              quality=quality, png_compression=png_compression, debug=debug)
+    report = Report(quiet=quiet, json_out=sys.stdout if json_lines else None)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints its warnings to stdout: keep it for the JSON lines
+        report.run(results, len(job.tasks) + len(job.planned))
     if report.failed:
         raise typer.Exit(1)

@@ -90,7 +90,7 @@ def upscale_array(
     tile_given = tile_n is not None
     if tile_n is None:
         budget = memory.memory_budget(device)
-        tile_n = memory.auto_tile(model, h, w, overlap, dtype, budget, host_band=device.type == "cpu")
+        tile_n = memory.auto_tile(model, h, w, overlap, dtype, budget)
     if tile_n and tile_n >= max(h, w):
         tile_n = 0
 

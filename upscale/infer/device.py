@@ -45,8 +45,11 @@ def _mps_available() -> bool:
 
 
 def bf16_supported(device: torch.device) -> bool:
+    """bf16 that runs in hardware on this very device: compute capability 8.0 (Ampere) or later on CUDA
+    (torch.cuda.is_bf16_supported() also counts the slow emulation of older cards, and looks at the
+    current device, not the named one)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "mps":
         try:  # macOS 14 and later
             torch.zeros(1, dtype=torch.bfloat16, device=device)
@@ -56,9 +59,31 @@ def bf16_supported(device: torch.device) -> bool:
     return True  # CPU: always runs; fast where the chip has AVX512-BF16 or AMX
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions and matmuls in hardware (elsewhere torch emulates them,
+    slower than fp32)."""
+    flags = _cpu_flags()
+    if flags is not None:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 def select_precision(precision: str | None, device: torch.device | str, model: torch.nn.Module) -> torch.dtype:
     """`auto`: fp16 on CUDA/MPS where the architecture is fp16-safe (NetSpec.fp16_safe), else bf16 where
-    the device has it, else fp32; fp32 on the CPU. fp32, fp16 and bf16 are taken as asked."""
+    the device has it, else fp32; on the CPU bf16 where it is native and the family's measured cost is
+    negligible (NetSpec.cpu_bf16), else fp32. fp32, fp16 and bf16 are taken as asked."""
     device = torch.device(device)
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
@@ -68,7 +93,7 @@ def select_precision(precision: str | None, device: torch.device | str, model: t
             raise UpscaleError(f"bf16 is not supported on {device}: use --precision fp16 or fp32")
         return DTYPES[precision]
     if device.type == "cpu":
-        return torch.float32
+        return torch.bfloat16 if getattr(model, "cpu_bf16", False) and cpu_has_native_bf16() else torch.float32
     if getattr(model, "fp16_safe", True):
         return torch.float16
     return torch.bfloat16 if bf16_supported(device) else torch.float32
@@ -96,6 +121,8 @@ _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model on `device` in `dtype`. fp32 moves the caller's model (as before); reduced precision uses
     a cached cast copy so that the fp32 model stays available for recomputing a tile."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # tiles and bands repeat a few shapes: tuned once each
     if dtype == torch.float32:
         return model.to(device)
     per_model = _prepared.setdefault(model, {})

@@ -156,23 +156,26 @@ def available_host_memory() -> int:
 
 
 def auto_tile(
-    model: torch.nn.Module, h: int, w: int, overlap: int, dtype: torch.dtype, budget: int, host_band: bool
+    model: torch.nn.Module, h: int, w: int, overlap: int, dtype: torch.dtype, budget: int, with_band: bool = True
 ) -> int:
-    """Largest core side (0 = whole image) whose tile, plus on the CPU its float32 band of output rows,
-    fits in `budget` bytes."""
+    """The core side (0 = whole image) to run: the cheapest to compute (the model's `best_tile`, else the
+    whole image), or else the largest whose tile plus its float32 band of blended output rows (on the
+    run's device) fits in `budget` bytes."""
     scale = model.scale
 
     def cost(t: int) -> float:
         side_h = min(h, (t or h) + 2 * overlap)
         side_w = min(w, (t or w) + 2 * overlap)
         total = tile_bytes(model, side_h, side_w, dtype)
-        if host_band:  # float32 rows of one tile row (core plus the blend ramps), full output width
+        if with_band:  # float32 rows of one tile row (core plus the blend ramps), full output width
             total += ((t or h) + 2 * FEATHER) * scale * w * scale * 3 * 4
         return total
 
-    if cost(0) <= budget:
-        return 0
-    t = max(h, w)
+    best = getattr(model, "best_tile", None)
+    cheapest = best(h, w, overlap) if best is not None else 0  # 0: the whole image costs least
+    if cost(cheapest) <= budget:
+        return cheapest
+    t = cheapest or max(h, w)
     while t > MIN_TILE and cost(t) > budget:
         t = max(MIN_TILE, int(t * 0.85))
     return t

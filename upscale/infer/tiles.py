@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from upscale.infer.context import Context
+from upscale.layer_progress import layer_progress
 
 FEATHER = 4  # half-width of the blend ramp, input pixels (the default)
 OVERLAP_GLOBAL = 32  # default overlap for models whose receptive field is not finite
@@ -91,12 +92,17 @@ def run_tiles(ctx: Context, tiling: Tiling) -> None:
     feather = min(tiling.feather, smallest // 2)
     ctx.total = (len(ys) - 1) * (len(xs) - 1)
 
-    # Per-axis weights; the grid makes the 2-D weight separable, so is its normalising sum.
+    # Per-axis weights; the grid makes the 2-D weight separable, so is its normalising sum. They live
+    # on the device, where the band of output rows is accumulated and normalised.
+    dev = ctx.device
     col_weights = [ramp_weights(xs[j], xs[j + 1], w, feather, s) for j in range(len(xs) - 1)]
     norm_x = np.zeros(w * s, dtype=np.float32)
     for start, wt in col_weights:
         norm_x[start : start + len(wt)] += wt
     row_weights = [ramp_weights(ys[i], ys[i + 1], h, feather, s) for i in range(len(ys) - 1)]
+    col_dev = [torch.from_numpy(wt).to(dev) for _, wt in col_weights]
+    row_dev = [torch.from_numpy(wt).to(dev) for _, wt in row_weights]
+    norm_x_dev = torch.from_numpy(norm_x).to(dev)
 
     def forward(wy0: int, wy1: int, wx0: int, wx1: int) -> torch.Tensor:
         def compute(fp32: bool) -> torch.Tensor:
@@ -107,21 +113,22 @@ def run_tiles(ctx: Context, tiling: Tiling) -> None:
         return ctx.forward(compute).float()
 
     if ctx.total == 1:  # the whole image as one tile: round on the device, move integers in row chunks
-        y = forward(*window(0, h, h, 0, multiple), *window(0, w, w, 0, multiple))
+        with layer_progress(ctx.model, ctx.progress):  # one step that may take minutes: count its layers
+            y = forward(*window(0, h, h, 0, multiple), *window(0, w, w, 0, multiple))
         ctx.store(y[0, :, : h * s, : w * s], 0, 0)
         ctx.tick()
         return
 
-    band: np.ndarray | None = None  # float32 rows [band_top, band_top + len(band)) of the output
+    band: torch.Tensor | None = None  # float32 rows [band_top, band_top + rows) of the output, 3×rows×W
     band_top = 0
     for i in range(len(ys) - 1):
         r_start, r_wt = row_weights[i]
         r_stop = r_start + len(r_wt)
         # rows carried from the previous tile row are the top of this band
-        new_band = np.zeros((r_stop - r_start, w * s, 3), dtype=np.float32)
+        new_band = torch.zeros(3, r_stop - r_start, w * s, dtype=torch.float32, device=dev)
         if band is not None:
-            keep = band_top + len(band) - r_start
-            new_band[:keep] = band[r_start - band_top :]
+            keep = band_top + band.shape[1] - r_start
+            new_band[:, :keep] = band[:, r_start - band_top :]
         band, band_top = new_band, r_start
         wy0, wy1 = window(ys[i], ys[i + 1], h, tiling.overlap, multiple)
         for j in range(len(xs) - 1):
@@ -130,19 +137,18 @@ def run_tiles(ctx: Context, tiling: Tiling) -> None:
             wx0, wx1 = window(xs[j], xs[j + 1], w, tiling.overlap, multiple)
             y = forward(wy0, wy1, wx0, wx1)
             part = y[0, :, r_start - wy0 * s : r_stop - wy0 * s, c_start - wx0 * s : c_stop - wx0 * s]
-            wt = torch.from_numpy(np.outer(r_wt, c_wt)).to(part.device)
-            band[:, c_start:c_stop] += (part * wt).permute(1, 2, 0).cpu().numpy()
+            band[:, :, c_start:c_stop].addcmul_(part, row_dev[i][:, None] * col_dev[j][None, :])
             del y, part
             ctx.tick()
         # rows no later tile row touches are final: normalise, round and store them
         final = row_weights[i + 1][0] if i + 2 < len(ys) else r_stop
-        rows = band[: final - band_top]
-        norm_y = np.zeros(len(rows), dtype=np.float32)
+        rows = band[:, : final - band_top]
+        norm_y = np.zeros(rows.shape[1], dtype=np.float32)
         for start, wt in row_weights[max(0, i - 1) : i + 2]:
             lo, hi = max(start, band_top), min(start + len(wt), final)
             if lo < hi:
                 norm_y[lo - band_top : hi - band_top] += wt[lo - start : hi - start]
-        rows /= norm_y[:, None, None]
-        rows /= norm_x[None, :, None]
-        ctx.store(torch.from_numpy(rows).permute(2, 0, 1), band_top, 0)
-        band, band_top = band[final - band_top :], final
+        rows /= torch.from_numpy(norm_y).to(dev)[None, :, None]
+        rows /= norm_x_dev[None, None, :]
+        ctx.store(rows, band_top, 0)
+        band, band_top = band[:, final - band_top :], final

@@ -17,7 +17,7 @@ SRModel, so callers always see 0..1 RGB in and out whatever the network expects 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +37,19 @@ class NetSpec:
     input_range: float = 1.0  # the net sees pixel values in 0..input_range
     pad_multiple: int = 1  # input H and W must be multiples of this (HAT: its window size)
     fp16_safe: bool = True  # False where fp16 is known to overflow (transformer attention)
+    # True where bf16 cost at most 0.01 dB of mean Set5 PSNR with the official weights
+    # (benchmarks/bench_bf16.py): `--precision auto` then uses it on CPUs with native bf16.
+    cpu_bf16: bool = False
     # LR pixels of context each output pixel depends on, per side; None when some layer is global.
     receptive_field: int | None = None
     # How a big image may be cut (upscale.models.tiling): blended tiles, streamed rows or layer passes.
     cut: Cut = field(default_factory=Blended)
     # Working memory of one tile beyond its feature maps (PANet's attention); None: nothing more.
     tile_extra_bytes: TileBytes | None = None
+    # best_tile(h, w, overlap): the core side that makes an h×w image cheapest to compute, counting the
+    # overlap recomputed (0: whole). For networks whose cost per pixel grows with the tile (PANet's
+    # attention); None: any tile that fits in memory is as cheap per pixel.
+    best_tile: Callable[[int, int, int], int] | None = None
 
 
 class SRModel(nn.Module):
@@ -57,9 +64,11 @@ class SRModel(nn.Module):
         self.input_range = float(spec.input_range)
         self.pad_multiple = spec.pad_multiple
         self.fp16_safe = spec.fp16_safe
+        self.cpu_bf16 = spec.cpu_bf16
         self.receptive_field = spec.receptive_field
         self.cut = spec.cut
         self.tile_extra_bytes = spec.tile_extra_bytes
+        self.best_tile = spec.best_tile
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
