@@ -397,10 +397,11 @@ def _moving(
     _make_folder(dst)
     if job.kind == "video":
         s = settings or video.VideoSettings()
-        r = up.upscale_video(src, dst, codec=s.codec, crf=s.crf, preset=s.preset, progress=progress)
+        r = up.upscale_video(src, dst, codec=s.codec, crf=s.crf, preset=s.preset, progress=progress,
+                             overwrite=True)  # plan() skipped existing outputs unless --overwrite
         media = {"frames": r.frames, "fps": r.fps, "duration": r.duration, "codec": r.codec}
     else:
-        r = up.upscale_animation(src, dst, fmt=job.fmt or None, quality=quality, progress=progress)
+        r = up.upscale_animation(src, dst, fmt=job.fmt or None, quality=quality, progress=progress, overwrite=True)
         media = {"frames": r.frames, "duration": r.duration, "loop": r.loop, "format": r.format}
     return Result(job.source.label, job.output_label, "ok", r.input_size, r.output_size, notes=r.notes, media=media)
 
