@@ -21,7 +21,7 @@ def _norm(name: str) -> str:
 
 def _declared() -> tuple[set[str], set[str]]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    names = lambda reqs: {_norm(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in reqs}  # noqa: E731
+    names = lambda reqs: {_norm(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in reqs}
     extras = set().union(*map(names, project.get("optional-dependencies", {}).values()))
     return names(project["dependencies"]), extras
 

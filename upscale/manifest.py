@@ -129,10 +129,9 @@ def _file_problem(entry: Any) -> str | None:
             ("https://", "http://")
         ):
             continue
-        if isinstance(source, dict) and all(isinstance(source.get(k), str) and source[k]
-                                            for k in ("repo_id", "filename", "revision")):
-            if source.get("repo_type", "model") in ("model", "dataset", "space"):
-                continue
+        if (isinstance(source, dict) and source.get("repo_type", "model") in ("model", "dataset", "space")
+                and all(isinstance(source.get(k), str) and source[k] for k in ("repo_id", "filename", "revision"))):
+            continue
         return (f"sources[{i}] is neither {{\"url\": \"https://…\"}} nor a Hub file "
                 "{\"repo_id\", \"filename\", \"revision\"}")
     return None
