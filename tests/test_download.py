@@ -377,3 +377,70 @@ def test_models_command_does_not_import_torch(hub):
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, env={**os.environ, **hub.env})
     assert proc.stderr.decode().strip().splitlines()[-1] == "False", proc.stderr.decode()
     assert json.loads(proc.stdout)
+
+
+# ---- no network -------------------------------------------------------------------------------------------
+
+# Five labels of 63 characters: over the 253-character limit of a DNS name, so the C library refuses to
+# resolve it locally (EAI_NONAME) and no query leaves the machine.
+UNRESOLVABLE = ".".join(["a" * 63] * 5)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once it is closed
+
+
+@pytest.fixture
+def no_network(hub, tmp_path, monkeypatch):
+    """The hub fixture's manifest with every source unreachable: vapsr x4 on an unresolvable host, a2n x3 on
+    a refused Hub endpoint then the unresolvable host; real retry waits (nothing here may wait for them)."""
+    data = json.loads(Path(hub.env["UPSCALE_MANIFEST"]).read_text())
+    models = data["models"]
+    models["vapsr"]["files"]["4"]["sources"] = [{"url": f"https://{UNRESOLVABLE}/VapSR_X4.pth"}]
+    models["a2n"]["files"]["3"]["sources"][1] = {"url": f"https://{UNRESOLVABLE}/aan_x3.pt"}
+    Path(hub.env["UPSCALE_MANIFEST"]).write_text(json.dumps(data))
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(download, "RETRY_WAITS", (1.0, 3.0, 8.0))
+    return {**hub.env, "HF_ENDPOINT": endpoint}
+
+
+def test_unreachable_hosts_fail_at_once_with_what_to_do(no_network, capsys):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(UpscaleError) as url_only:
+        weights.resolve_checkpoint("vapsr", 4)
+    with pytest.raises(UpscaleError) as two_sources:
+        weights.resolve_checkpoint("a2n", 3)
+    assert time.monotonic() - start < 10  # no retries: the waits alone would take 12 s per source
+    msg = str(url_only.value)
+    assert "cannot resolve the host name aaa" in msg and "upscale download vapsr -s 4 --from VapSR_X4.pth" in msg
+    assert "HTTPS_PROXY" in msg and "--offline" in msg and "\n" not in msg
+    msg = str(two_sources.value)
+    assert "127.0.0.1 refused the connection" in msg and "cannot resolve the host name" in msg
+    assert "upscale download a2n -s 3 --from aan_x3.pt" in msg and msg.endswith("run with --offline")
+    err = capsys.readouterr().err
+    assert "Retrying" not in err and "thrown while requesting" not in err and "retrying" not in err
+    assert cache_files(cache.cache_dir()) == []
+
+
+def test_unreachable_hub_on_the_command_line_is_one_line_even_with_q(no_network, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    proc = run_cli(tmp_path / "img.png", "-m", "a2n", "-s", "3", "-q", env=no_network)
+    line = assert_one_line_error(proc, "cannot download a2n x3", "refused the connection", "--offline",
+                                 "upscale download a2n -s 3 --from aan_x3.pt", "HTTPS_PROXY")
+    assert line.endswith("run with --offline") and proc.returncode == 1
+
+
+def test_retries_are_announced(hub, capsys):
+    hub.cut["files/VapSR_X4.pth"] = 1
+    weights.resolve_checkpoint("vapsr", 4)
+    err = capsys.readouterr().err
+    assert "connection closed after" in err and "retrying in 0 s (attempt 2 of 4)" in err

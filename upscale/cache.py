@@ -197,15 +197,24 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
             raise UpscaleError(f"{w.label} is not in the cache {cache_dir()} and offline mode is on: {how}")
         if not w.sources:
             raise UpscaleError(w.hint)
-        errors = []
+        errors: list[UpscaleError] = []
         for source in w.sources:
             try:
                 return _fetch(w, source, expected, quiet)
             except UpscaleError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        raise _all_sources_failed(w, errors)
+
+
+def _all_sources_failed(w: Wanted, errors: list[UpscaleError]) -> UpscaleError:
+    """One complete line: what failed, and, when the network was the cause, what to do about it."""
+    if not any(isinstance(e, download.NetworkError) for e in errors):
         if len(errors) == 1:
-            raise UpscaleError(errors[0])
-        raise UpscaleError(f"no source of {w.label} worked: " + " | ".join(errors))
+            return errors[0]
+        return UpscaleError(f"no source of {w.label} worked: " + " | ".join(map(str, errors)))
+    what = f"cannot download {w.label}: " + "; ".join(map(str, errors))
+    return UpscaleError(f"{what}. Check the network connection, or the proxy (HTTPS_PROXY) if you need one; "
+                        f"without network, {w.hint}; models already cached run with --offline")
 
 
 def _adopt_unrecorded(w: Wanted, expected: str | None, quiet: bool) -> Path | None:

@@ -36,7 +36,7 @@ def parse_hf_uri(uri: str) -> dict[str, Any]:
 def _adhoc(kind: str, address: str, source: dict[str, Any], filename: str) -> Wanted:
     key = hashlib.sha256(address.encode()).hexdigest()[:16]
     return Wanted(label=filename or address, store=cache_dir() / kind / key, filename=filename or "weights",
-                  sources=(source,), hint=f"download {address} while online",
+                  sources=(source,), hint=f"download {address} another way and pass --weights with the file",
                   fetch_hint=f"upscale --weights {address} (online)")
 
 
