@@ -23,6 +23,8 @@ from cli_helpers import run_cli
 from conftest import random_state_dict
 from PIL import Image, ImageCms
 
+from upscale import atomic
+
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -232,9 +234,17 @@ def test_rerun_beside_the_inputs_skips_and_never_takes_earlier_outputs_as_inputs
     made = {"p0_x4.png", "p1_x4.png", "solo_x4_x4.png"}
     assert {p.name for p in src.iterdir()} == {"p0.png", "p1.jpg", "solo_x4.png"} | made
 
+    # what a run killed mid-write (SIGKILL) leaves: hidden temps, of an output of this run and of another file
+    killed = atomic.temp_path(src / "p1_x4.png")
+    unrelated = atomic.temp_path(src / "notes.txt")
+    for temp in (killed, unrelated):
+        temp.write_bytes(b"half")
+        os.utime(temp, (time.time() - 3600, time.time() - 3600))
     again = run_cli(src, *run)  # outputs beside the inputs: the rerun skips, it does not fail
     stderr = again.stderr.decode()
     assert again.returncode == 0, stderr
+    assert not killed.exists() and unrelated.exists()  # only the temps of its own outputs are cleared
+    unrelated.unlink()
     assert "refusing" not in stderr and stderr.count("skipped:") == 3
     assert "left out 3 earlier outputs of upscale" in stderr and "--include-outputs" in stderr
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from upscale import animation, images, video
+from upscale import animation, atomic, images, video
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
@@ -360,6 +360,8 @@ def run(
     from the writer threads), for a display of what is being written."""
     images.check_png_compression(png_compression)  # a bad level fails before any image runs
     info = dict(upscaler.describe(), outscale=upscaler.outscale) if jobs else {}
+    # a run killed mid-write (SIGKILL, power loss) left hidden .part files of these outputs: clear them
+    atomic.remove_stale(j.output for j in jobs if j.output is not None)
     stages = _Stages(upscaler, quality, png_compression, progress, catch, stdin, stdout, phase, video_settings)
     if depth <= 0:
         yield from _sequential(stages, jobs, info)
