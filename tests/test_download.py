@@ -115,13 +115,70 @@ def test_wrong_size_is_refused_before_the_transfer(hub):
     assert cache_files(cache.cache_dir()) == []
 
 
-def test_cut_off_transfer_leaves_nothing_and_the_next_run_succeeds(hub):
+def test_cut_off_transfer_keeps_its_part_and_the_next_run_resumes_it(hub):
     hub.cut["files/VapSR_X4.pth"] = 99  # every attempt dies half way
     with pytest.raises(UpscaleError, match="failed after 4 attempts"):
         weights.resolve_checkpoint("vapsr", 4)
-    assert cache_files(cache.cache_dir()) == []  # no partial file, no record
+    store = cache.cache_dir() / "vapsr"
+    parts = [p.name for p in store.iterdir() if p.name.endswith(".part")]
+    assert len(parts) == 1 and parts[0].startswith(".VapSR_X4.pth.")  # hidden, never taken as the file
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == []  # no file, no record
+    have = (store / parts[0]).stat().st_size
+    assert have > 0
     hub.cut.clear()
+    hub.ranges.clear()
     assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
+    assert hub.ranges == [f"bytes={have}-"]  # continued where the last run stopped, not from zero
+    assert cache_files(cache.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
+
+
+def test_interrupted_download_on_the_command_line_resumes_in_the_next_run(hub, tmp_path):
+    """Ctrl-C (here SIGTERM, which the CLI treats the same) during a download keeps the bytes so far."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    hub.cut["files/VapSR_X4.pth"] = 99
+    env = {**os.environ, **hub.env}
+    code = ("import time, upscale.download as d\n"
+            "d.RETRY_WAITS = (60.0,)\n"  # first attempt cut half way, then a long wait: interrupted in it
+            "from upscale.cli import main\nmain()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "img.png"), "-m", "vapsr", "-s", "4"],
+                            env=env, stderr=subprocess.PIPE)
+    store = cache.cache_dir() / "vapsr"
+    deadline = time.monotonic() + 120
+    while b"retrying in 60 s" not in (err := _peek(proc)):
+        assert proc.poll() is None and time.monotonic() < deadline, err
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest.decode()
+    (part,) = [p for p in store.iterdir() if p.name.endswith(".part")]
+    have = part.stat().st_size
+    hub.cut.clear()
+    hub.ranges.clear()
+    again = run_cli(tmp_path / "img.png", "-m", "vapsr", "-s", "4", env=hub.env)
+    assert again.returncode == 0, again.stderr.decode()
+    assert "resuming VapSR_X4.pth after" in again.stderr.decode() and hub.ranges == [f"bytes={have}-"]
+    assert not part.exists()
+
+
+_PEEKED: dict[int, bytes] = {}
+
+
+def _peek(proc) -> bytes:
+    """What the process has written on stderr so far (non-blocking)."""
+    import select
+
+    buf = _PEEKED.setdefault(proc.pid, b"")
+    if select.select([proc.stderr], [], [], 0.1)[0]:
+        chunk = os.read(proc.stderr.fileno(), 65536)
+        buf += chunk
+        _PEEKED[proc.pid] = buf
+    return buf
 
 
 def test_cut_off_transfer_resumes_with_a_range_request(hub):
@@ -131,12 +188,14 @@ def test_cut_off_transfer_resumes_with_a_range_request(hub):
     assert hub.ranges == [f"bytes={2896561 // 2}-"]
 
 
-def test_stale_partial_file_is_never_taken(hub):
+def test_a_partial_file_that_does_not_verify_is_downloaded_again_from_the_start(hub, capsys):
     store = cache.cache_dir() / "vapsr"
     store.mkdir(parents=True)
-    (store / ".VapSR_X4.pth.1234abcd.part").write_bytes(b"half a file")  # a killed run's leftover
+    (store / ".VapSR_X4.pth.1234abcd.part").write_bytes(b"half a file")  # not a prefix of the real file
     path = weights.resolve_checkpoint("vapsr", 4)
     assert sha(path) == manifest.resolve("vapsr", 4).sha256
+    assert hub.ranges == ["bytes=11-"]  # tried once, then from zero
+    assert "did not verify: starting again" in capsys.readouterr().err
     assert cache_files(cache.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
 
 

@@ -187,8 +187,6 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
         if path is not None:
             return path
         expected = w.sha256 or (rec["sha256"] if rec else None)
-        for stale in atomic.stale_temps(w.path):  # left by an interrupted run (we hold the lock)
-            stale.unlink(missing_ok=True)
         adopted = _adopt_unrecorded(w, expected, quiet)
         if adopted is not None:
             return adopted
@@ -248,9 +246,7 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
     size = f", {w.size / 1e6:.1f} MB" if w.size else ""
     download.say(f"downloading {w.label}{size} from {where}", quiet)
     if "url" in source:
-        with atomic.replacing(w.path) as tmp:  # not kept unless verified
-            digest, _ = download.fetch_url(source["url"], tmp, expected_size=w.size, label=w.filename, quiet=quiet)
-            _verified(w, tmp, digest, expected, where)
+        digest = _fetch_url(w, source["url"], expected, where, quiet)
         path = w.path
     else:
         path = download.fetch_hub(source, hub_cache_dir(), quiet=quiet)
@@ -269,6 +265,37 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
     write_record(w, path, digest, where, "manifest" if w.sha256 else "first download")
     download.say(f"verified {w.label} (sha256 {digest[:16]}…), cached at {path}", quiet)
     return path
+
+
+def _fetch_url(w: Wanted, url: str, expected: str | None, where: str, quiet: bool) -> str:
+    """Download into a hidden `.part` beside the file and rename it once verified. The `.part` of an
+    interrupted run (network lost, Ctrl-C, killed) is kept and continued by the next run (HTTP Range);
+    one that does not verify is deleted, and a resumed one is then downloaded again from the start.
+    Runs under the file's lock, so no other process is writing any `.part` of it."""
+    partials = sorted(atomic.stale_temps(w.path), key=lambda p: p.stat().st_size, reverse=True)
+    for extra in partials[1:]:
+        extra.unlink(missing_ok=True)
+    part = partials[0] if partials else atomic.temp_path(w.path)
+    resumed = part.exists() and part.stat().st_size > 0
+    try:
+        digest, _ = download.fetch_url(url, part, expected_size=w.size, label=w.filename, quiet=quiet, resume=True)
+    except (download.NetworkError, KeyboardInterrupt):
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()
+        raise  # the bytes so far stay for the next run
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    try:
+        _verified(w, part, digest, expected, where)
+    except UpscaleError:
+        part.unlink(missing_ok=True)
+        if not resumed:
+            raise
+        download.say(f"the download of {w.label} resumed from an earlier run did not verify: starting again", quiet)
+        return _fetch_url(w, url, expected, where, quiet)
+    os.replace(part, w.path)
+    return digest
 
 
 def _verified(w: Wanted, path: Path, digest: str, expected: str | None, where: str) -> None:

@@ -172,65 +172,90 @@ def with_retries(fn: Callable[[int], T], what: str, quiet: bool = False) -> T:
 
 
 def fetch_url(
-    url: str, dest: Path, *, expected_size: int | None = None, label: str = "", quiet: bool = False
+    url: str, dest: Path, *, expected_size: int | None = None, label: str = "", quiet: bool = False,
+    resume: bool = False,
 ) -> tuple[str, int]:
-    """Stream `url` into `dest` (created or overwritten); returns (sha256 hex, bytes).
+    """Stream `url` into `dest`; returns (sha256 hex, bytes).
 
     A transfer cut off part way is resumed with an HTTP Range request where the server allows it,
-    else restarted; `dest` is the caller's temporary file, never the final name.
+    else restarted. With `resume`, bytes already in `dest` (an earlier run's partial download) are
+    kept and the transfer continues after them; else `dest` is overwritten. `dest` is the caller's
+    temporary file, never the final name: the caller verifies the whole before using it.
     """
-    hasher = hashlib.sha256()
-    state = {"have": 0}
     dest.parent.mkdir(parents=True, exist_ok=True)
     name = label or Path(urlsplit(url).path).name
-    with open(dest, "wb") as out, ByteBar(f"{name} from {host_of(url)}", expected_size, quiet) as bar:
+    keep = resume and dest.exists()
+    with open(dest, "r+b" if keep else "wb") as out:
+        t = _Transfer(out, dest)
+        if keep:  # hash what an earlier run got, then append
+            while chunk := out.read(CHUNK):
+                t.hasher.update(chunk)
+                t.have += len(chunk)
+            if expected_size is not None and t.have > expected_size:  # not a prefix of this file
+                t.restart()
+            if expected_size is not None and t.have == expected_size:
+                return t.hasher.hexdigest(), t.have  # complete already: the caller verifies it
+            if t.have:
+                say(f"resuming {name} after {t.have / 1e6:.1f} MB from an earlier run", quiet)
+        with ByteBar(f"{name} from {host_of(url)}", expected_size, quiet, initial=t.have) as bar:
 
-        def attempt(_: int) -> None:
-            nonlocal hasher
-            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-            if state["have"]:
-                headers["Range"] = f"bytes={state['have']}-"
-            request = urllib.request.Request(url, headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
-                    total = _announced_size(resp, state["have"])
-                    bar.set_total(total)
-                    if state["have"] and resp.status != 206:  # Range ignored: start again
-                        out.seek(0)
-                        out.truncate()
-                        hasher = hashlib.sha256()
-                        state["have"] = 0
-                        bar.restart(total)
-                    if expected_size is not None and total is not None and total != expected_size:
-                        raise UpscaleError(
-                            f"{url} offers {total} bytes but {name} should have {expected_size}: not downloading it"
-                        )
-                    while chunk := resp.read(CHUNK):
-                        _write(out, chunk, dest)
-                        hasher.update(chunk)
-                        state["have"] += len(chunk)
-                        bar.update(len(chunk))
-                    if total is not None and state["have"] != total:
-                        raise TransientError(f"connection closed after {state['have']} of {total} bytes")
-            except urllib.error.HTTPError as exc:
-                if exc.code in (408, 429) or exc.code >= 500:
-                    raise TransientError(f"HTTP {exc.code} from {host_of(url)}") from None
-                raise UpscaleError(f"HTTP {exc.code} {exc.reason} for {url}") from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                raise network_problem(exc, host_of(url)) from None
+            def attempt(_: int) -> None:
+                headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+                if t.have:
+                    headers["Range"] = f"bytes={t.have}-"
+                request = urllib.request.Request(url, headers=headers)
+                try:
+                    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+                        total = _announced_size(resp, t.have)
+                        bar.set_total(total)
+                        if t.have and resp.status != 206:  # Range ignored: start again
+                            t.restart()
+                            bar.restart(total)
+                        if expected_size is not None and total is not None and total != expected_size:
+                            raise UpscaleError(f"{url} offers {total} bytes but {name} should have "
+                                               f"{expected_size}: not downloading it")
+                        while chunk := resp.read(CHUNK):
+                            t.write(chunk)
+                            bar.update(len(chunk))
+                        if total is not None and t.have != total:
+                            raise TransientError(f"connection closed after {t.have} of {total} bytes")
+                except urllib.error.HTTPError as exc:
+                    if exc.code == 416 and t.have:  # nothing after what we have: not a prefix of this file
+                        t.restart()
+                        raise TransientError(f"{host_of(url)} has no bytes after the partial file") from None
+                    if exc.code in (408, 429) or exc.code >= 500:
+                        raise TransientError(f"HTTP {exc.code} from {host_of(url)}") from None
+                    raise UpscaleError(f"HTTP {exc.code} {exc.reason} for {url}") from None
+                except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                    raise network_problem(exc, host_of(url)) from None
 
-        with_retries(attempt, f"downloading {url}", quiet)
+            with_retries(attempt, f"downloading {url}", quiet)
         out.flush()
         os.fsync(out.fileno())
-    return hasher.hexdigest(), state["have"]
+    return t.hasher.hexdigest(), t.have
 
 
-def _write(out: Any, chunk: bytes, dest: Path) -> None:
-    """A disk error is the user's to fix (space, permissions), never retried as a network failure."""
-    try:
-        out.write(chunk)
-    except OSError as exc:
-        raise UpscaleError(f"cannot write {dest}: {exc.strerror or exc}") from None
+class _Transfer:
+    """The file being written and the running sha256 of everything in it."""
+
+    def __init__(self, out: Any, dest: Path):
+        self.out, self.dest = out, dest
+        self.hasher = hashlib.sha256()
+        self.have = 0
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.out.write(chunk)
+        except OSError as exc:  # disk full, permissions: the user's to fix, never retried as the network
+            raise UpscaleError(f"cannot write {self.dest}: {exc.strerror or exc}") from None
+        self.hasher.update(chunk)
+        self.have += len(chunk)
+
+    def restart(self) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.hasher = hashlib.sha256()
+        self.have = 0
 
 
 def _announced_size(resp: Any, offset: int) -> int | None:
