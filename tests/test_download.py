@@ -503,3 +503,81 @@ def test_retries_are_announced(hub, capsys):
     weights.resolve_checkpoint("vapsr", 4)
     err = capsys.readouterr().err
     assert "connection closed after" in err and "retrying in 0 s (attempt 2 of 4)" in err
+
+
+# ---- a read-only cache -----------------------------------------------------------------------------------
+
+
+def _simulate_read_only(monkeypatch, root: Path):
+    """Every write under `root` fails as on a read-only file system (we run as root, so chmod cannot)."""
+    import errno
+
+    import filelock
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    real_mkdir = Path.mkdir
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refuse() if self.is_relative_to(root)
+                        else real_mkdir(self, *a, **k))
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    monkeypatch.setattr(cache, "write_record", refuse)
+
+
+def test_read_only_cache_in_process(hub, monkeypatch):
+    path = weights.resolve_checkpoint("vapsr", 4)
+    root = cache.cache_dir()
+    hub.requests.clear()
+    _simulate_read_only(monkeypatch, root)
+    assert weights.resolve_checkpoint("vapsr", 4) == path  # verified and unchanged: no lock, no write
+    os.utime(path, (1e9, 1e9))  # touched (a copy, a restore): checked by its digest, nothing recorded
+    assert weights.resolve_checkpoint("vapsr", 4) == path
+    with pytest.raises(UpscaleError) as exc:
+        weights.resolve_checkpoint("vapsr", 2)  # not in it
+    msg = str(exc.value)
+    assert "cannot be written (Read-only file system)" in msg and "does not hold vapsr x2" in msg
+    assert "UPSCALE_CACHE_DIR" in msg and "--weights" in msg
+    assert hub.requests == []
+
+
+def _read_only_mount_possible(folder: Path) -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    cmd = f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}'"
+    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, check=False).returncode == 0
+
+
+def test_read_only_cache_on_a_read_only_mount(hub, tmp_path):
+    """The real thing where this machine allows it (root with mount namespaces): the cache folder
+    bind-mounted read-only, one run with the verified file in it, one with an empty cache."""
+    import shlex
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    full, empty = tmp_path / "full-cache", tmp_path / "empty-cache"
+    empty.mkdir()
+    if not _read_only_mount_possible(empty):
+        pytest.skip("no read-only bind mounts here (needs unshare -m and mount)")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    assert run_cli("download", "vapsr", "-s", "4", "-q", env={**hub.env, "UPSCALE_CACHE_DIR": str(full)}).returncode == 0
+
+    def read_only_run(cache_root: Path, out: str) -> subprocess.CompletedProcess:
+        upscale = shlex.join([sys.executable, "-m", "upscale", str(tmp_path / "img.png"), "-m", "vapsr", "-s", "4",
+                              "-o", str(tmp_path / out)])
+        cmd = (f"mount --bind '{cache_root}' '{cache_root}' && mount -o remount,bind,ro '{cache_root}' && "
+               f"exec {upscale}")
+        return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, check=False, timeout=300,
+                              env={**os.environ, **hub.env, "UPSCALE_CACHE_DIR": str(cache_root)})
+
+    hub.requests.clear()
+    ok = read_only_run(full, "a.png")
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert Image.open(tmp_path / "a.png").size == (32, 32) and hub.requests == []
+    refused = read_only_run(empty, "b.png")
+    assert_one_line_error(refused, "cannot be written (Read-only file system)", "UPSCALE_CACHE_DIR")
+    assert not (tmp_path / "b.png").exists()

@@ -8,6 +8,7 @@ local file of a `Wanted` checkpoint: from the cache, else downloaded from its so
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -154,8 +155,8 @@ def _check_digest(w: Wanted, path: Path, digest: str, expected: str | None, wher
         raise UpscaleError(f"{w.label}{origin} has sha256 {digest[:16]}…, not {what} {expected[:16]}…")
 
 
-def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
-    """The recorded file when it is still the verified one; a changed or damaged file is removed."""
+def _unchanged(w: Wanted, rec: dict[str, Any] | None) -> Path | None:
+    """The recorded file when its size and mtime are those recorded (no hashing, no writing)."""
     if rec is None:
         return None
     path = _record_file(rec)
@@ -166,8 +167,19 @@ def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
     expected = w.sha256 or rec["sha256"]
     if st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns") and rec["sha256"] == expected:
         return path
+    return None
+
+
+def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
+    """The recorded file when it is still the verified one; a changed or damaged file is removed."""
+    path = _unchanged(w, rec)
+    if path is not None or rec is None:
+        return path
+    path = _record_file(rec)
+    if not path.is_file():
+        return None
     try:  # touched, or the manifest's digest changed: hash again
-        digest = check(w, path, expected)
+        digest = check(w, path, w.sha256 or rec["sha256"])
     except UpscaleError as exc:
         download.say(f"warning: cached {exc}: it changed since it was verified, so it is removed", quiet)
         _remove(path)
@@ -177,11 +189,25 @@ def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
 
 
 def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
-    """The verified local file for `w`: from the cache, else downloaded from its sources in order."""
+    """The verified local file for `w`: from the cache, else downloaded from its sources in order.
+
+    A file found unchanged is returned without taking the lock, so a read-only cache that holds it
+    works; one that does not hold it (or must re-check it) is searched without writing anything."""
     from filelock import FileLock
 
-    w.store.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(w.store / f".{w.filename}.lock")):  # one download per file, across processes
+    path = _unchanged(w, _read_record(w))
+    if path is not None:
+        return path
+    try:
+        w.store.mkdir(parents=True, exist_ok=True)
+        if not os.access(w.store, os.W_OK):  # a read-only file system, or not ours
+            code = errno.EROFS if _read_only_fs(w.store) else errno.EACCES
+            raise OSError(code, os.strerror(code), str(w.store))
+        lock = FileLock(str(w.store / f".{w.filename}.lock"))
+        lock.acquire()
+    except OSError as exc:
+        return _read_only(w, exc)
+    try:  # one download per file, across processes
         rec = _read_record(w)
         path = _lookup(w, rec, quiet)
         if path is not None:
@@ -202,6 +228,42 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
             except UpscaleError as exc:
                 errors.append(exc)
         raise _all_sources_failed(w, errors)
+    finally:
+        lock.release()
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _read_only(w: Wanted, exc: OSError) -> Path:
+    """A cache we cannot write to: use a verified copy if it holds one (hashed, nothing recorded),
+    else say in one line what to do."""
+    rec = _read_record(w)
+    expected = w.sha256 or (rec["sha256"] if rec else None)
+    candidates = [_record_file(rec)] if rec else []
+    if w.path not in candidates:
+        candidates.append(w.path)
+    for source in w.sources:
+        if "repo_id" in source:
+            try:
+                candidates.append(download.fetch_hub(source, hub_cache_dir(), local_only=True, quiet=True))
+            except UpscaleError:
+                pass
+    for path in candidates:
+        if expected is None or not path.is_file():
+            continue  # a file we cannot check is never used
+        try:
+            check(w, path, expected)
+        except (UpscaleError, OSError):
+            continue
+        return path
+    reason = exc.strerror or str(exc)
+    raise UpscaleError(f"the weights cache {cache_dir()} cannot be written ({reason}) and does not hold {w.label}: "
+                       "set UPSCALE_CACHE_DIR to a writable folder, or pass --weights with the file")
 
 
 def _all_sources_failed(w: Wanted, errors: list[UpscaleError]) -> UpscaleError:

@@ -101,12 +101,16 @@ def register_file(name: str, scale: int | None, source: str | Path, quiet: bool 
     from upscale.models.checkpoint import load_checkpoint
 
     from_state_dict(load_checkpoint(src), arch=variant.family, scale=variant.scale, **variant.overrides)
-    w.store.mkdir(parents=True, exist_ok=True)
-    with atomic.replacing(w.path) as tmp:
-        shutil.copyfile(src, tmp)
-        if download.sha256_file(tmp) != digest:
-            raise UpscaleError(f"copying {src} into the cache changed it (disk error?)")
-    write_record(w, w.path, digest, f"registered from {src.resolve()}", "manifest" if w.sha256 else "registered")
+    try:
+        w.store.mkdir(parents=True, exist_ok=True)
+        with atomic.replacing(w.path) as tmp:
+            shutil.copyfile(src, tmp)
+            if download.sha256_file(tmp) != digest:
+                raise UpscaleError(f"copying {src} into the cache changed it (disk error?)")
+        write_record(w, w.path, digest, f"registered from {src.resolve()}", "manifest" if w.sha256 else "registered")
+    except OSError as exc:
+        raise UpscaleError(f"cannot write into the weights cache {cache_dir()}: {exc.strerror or exc} (set "
+                           f"UPSCALE_CACHE_DIR to a writable folder, or pass --weights {src})") from None
     if w.sha256 is None:
         download.say(f"note: no sha256 is known for {w.label}; recorded {digest[:16]}… of your file", quiet)
     return w.path
