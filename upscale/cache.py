@@ -208,6 +208,7 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
     except OSError as exc:
         return _read_only(w, exc)
     try:  # one download per file, across processes
+        atomic.remove_stale([w.record_path])  # a record write killed part way (the file's .part is resumed)
         rec = _read_record(w)
         path = _lookup(w, rec, quiet)
         if path is not None:

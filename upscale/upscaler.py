@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from upscale import images, manifest
+from upscale import atomic, images, manifest
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
@@ -250,6 +250,7 @@ class Upscaler:
         _check_output(src, dst, overwrite)
         picture = images.read_image(src, max_pixels=self.max_pixels)
         images.check_png_compression(png_compression)
+        atomic.remove_stale([dst])  # a temp of dst left by a write that was killed
         images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality,
                            png_compression=png_compression)
         return dst
