@@ -1,10 +1,13 @@
 """Moving bytes: streamed HTTPS downloads and Hugging Face Hub files, with a progress bar on stderr.
 
-Nothing here decides what is trusted: `upscale.weights` verifies every file (size, sha256) before it
+Nothing here decides what is trusted: `upscale.cache` verifies every file (size, sha256) before it
 is used or kept. Plain URLs are streamed into a temporary file the caller names, hashing as they
-arrive, retried and resumed (HTTP Range) on transient failures. Hub files go through
-`huggingface_hub.hf_hub_download` into the Hub's own cache layout under the folder the caller gives.
-No torch, and huggingface_hub is imported only when a Hub file is actually fetched.
+arrive, retried and resumed (HTTP Range) on transient failures, and continued after the bytes an
+earlier run left there. A host that cannot be reached at all (its name does not resolve, it refuses
+the connection) is not retried: that is `Unreachable`, and the caller says what to do. Hub files go
+through `huggingface_hub.hf_hub_download` into the Hub's own cache layout under the folder the caller
+gives, its log lines and warnings kept off the terminal. No torch, and huggingface_hub is imported
+only when a Hub file is actually fetched.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def network_problem(exc: BaseException, host: str) -> NetworkError:
                 return Unreachable(f"{host} refused the connection")
             if isinstance(err, OSError) and err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
                 return Unreachable(f"no route to {host} (no network?)")
+            if type(err).__name__ == "SSLCertVerificationError":
+                return Unreachable(f"the certificate of {host} could not be verified (a proxy that intercepts "
+                                   "HTTPS needs its certificate in SSL_CERT_FILE)")
         cause = cause.__cause__ or cause.__context__
     text = str(exc)
     if "Name or service not known" in text or "nodename nor servname" in text or "getaddrinfo failed" in text:
