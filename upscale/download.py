@@ -362,8 +362,12 @@ def _probe(source: dict[str, Any], repo_type: str) -> None:
         kwargs["retry_on_errors"] = False
     try:
         huggingface_hub.get_hf_file_metadata(url, **kwargs)
-    except (hf_errors.HfHubHTTPError, hf_errors.FileMetadataError):
+    except hf_errors.HfHubHTTPError:
         return
+    except Exception as exc:  # FileMetadataError (a server that is not a Hub), and what its version raises
+        if type(exc).__name__ == "FileMetadataError":
+            return
+        raise
 
 
 @contextmanager
