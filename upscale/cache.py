@@ -193,21 +193,14 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
 
     A file found unchanged is returned without taking the lock, so a read-only cache that holds it
     works; one that does not hold it (or must re-check it) is searched without writing anything."""
-    from filelock import FileLock
-
     path = _unchanged(w, _read_record(w))
     if path is not None:
         return path
     try:
-        w.store.mkdir(parents=True, exist_ok=True)
-        if not os.access(w.store, os.W_OK):  # a read-only file system, or not ours
-            code = errno.EROFS if _read_only_fs(w.store) else errno.EACCES
-            raise OSError(code, os.strerror(code), str(w.store))
-        lock = FileLock(str(w.store / f".{w.filename}.lock"))
-        lock.acquire()
+        lock = write_lock(w)
     except OSError as exc:
         return _read_only(w, exc)
-    try:  # one download per file, across processes
+    try:
         atomic.remove_stale([w.record_path])  # a record write killed part way (the file's .part is resumed)
         rec = _read_record(w)
         path = _lookup(w, rec, quiet)
@@ -231,6 +224,20 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
         raise _all_sources_failed(w, errors)
     finally:
         lock.release()
+
+
+def write_lock(w: Wanted) -> Any:
+    """The acquired lock of `w`'s file (release it): one writer per cache file across processes, so a
+    `.part` found while holding it belongs to no live writer. OSError when the cache cannot be written."""
+    from filelock import FileLock
+
+    w.store.mkdir(parents=True, exist_ok=True)
+    if not os.access(w.store, os.W_OK):  # a read-only file system, or not ours
+        code = errno.EROFS if _read_only_fs(w.store) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(w.store))
+    lock = FileLock(str(w.store / f".{w.filename}.lock"))
+    lock.acquire()
+    return lock
 
 
 def _read_only_fs(folder: Path) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from upscale import atomic, download, manifest
-from upscale.cache import Wanted, cache_dir, cached_path, check, ensure, wanted_for, write_record
+from upscale.cache import Wanted, cache_dir, cached_path, check, ensure, wanted_for, write_lock, write_record
 from upscale.errors import UpscaleError
 
 
@@ -102,12 +102,16 @@ def register_file(name: str, scale: int | None, source: str | Path, quiet: bool 
 
     from_state_dict(load_checkpoint(src), arch=variant.family, scale=variant.scale, **variant.overrides)
     try:
-        w.store.mkdir(parents=True, exist_ok=True)
-        with atomic.replacing(w.path) as tmp:
-            shutil.copyfile(src, tmp)
-            if download.sha256_file(tmp) != digest:
-                raise UpscaleError(f"copying {src} into the cache changed it (disk error?)")
-        write_record(w, w.path, digest, f"registered from {src.resolve()}", "manifest" if w.sha256 else "registered")
+        lock = write_lock(w)
+        try:
+            with atomic.replacing(w.path) as tmp:
+                shutil.copyfile(src, tmp)
+                if download.sha256_file(tmp) != digest:
+                    raise UpscaleError(f"copying {src} into the cache changed it (disk error?)")
+            write_record(w, w.path, digest, f"registered from {src.resolve()}",
+                         "manifest" if w.sha256 else "registered")
+        finally:
+            lock.release()
     except OSError as exc:
         raise UpscaleError(f"cannot write into the weights cache {cache_dir()}: {exc.strerror or exc} (set "
                            f"UPSCALE_CACHE_DIR to a writable folder, or pass --weights {src})") from None
