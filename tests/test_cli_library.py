@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from upscale import Upscaler
-from upscale.errors import UsageError
+from upscale.errors import UpscaleError, UsageError
 
 
 class NearestUpscaler(Upscaler):
@@ -126,3 +126,15 @@ def test_library_decides_the_stdout_default_and_the_name_tag(tmp_path):
     up = NearestUpscaler(model="vapsr")
     assert (up.output_tag(), up.output_tag("_big"), up.output_tag("")) == ("_x2", "_big", "")
     assert NearestUpscaler(model="vapsr", outscale=1.5).output_tag() == "_x1.5"
+
+
+def test_upscale_file_never_replaces_an_existing_output_unless_asked(tmp_path, rng):
+    src = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "a_x2.png"
+    out.write_bytes(b"the user's own file")
+    with pytest.raises(UpscaleError, match="a_x2.png exists: pass overwrite=True"):
+        NearestUpscaler().upscale_file(src)
+    assert out.read_bytes() == b"the user's own file"
+    assert NearestUpscaler().upscale_file(src, overwrite=True) == out
+    assert Image.open(out).size == (10, 8)
