@@ -60,3 +60,29 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
         raise RuntimeError("interrupted")
     assert dest.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def _aged(path, seconds=3600):
+    old = os.stat(path).st_mtime - seconds
+    os.utime(path, (old, old))
+    return path
+
+
+def test_remove_stale_takes_only_dead_writers_temps_of_the_named_files(tmp_path):
+    dest, other = tmp_path / "a_x4.png", tmp_path / "b_x4.png"
+    dead = _aged_file(atomic.temp_path(dest))  # a run killed mid-write (SIGKILL: no cleanup ran)
+    fresh = atomic.temp_path(dest)
+    fresh.write_bytes(b"just created")  # its writer may not hold its lock yet
+    not_asked = _aged_file(atomic.temp_path(other))
+    with atomic.replacing(dest) as live:  # a concurrent run writing the same name, lock held
+        live.write_bytes(b"in progress")
+        _aged(live)
+        assert atomic.remove_stale([dest, tmp_path / "new" / "c.png"]) == [dead]
+        assert live.exists() and fresh.exists() and not_asked.exists()
+    assert dest.read_bytes() == b"in progress"
+    assert atomic.remove_stale([dest], min_age_s=0) == [fresh]
+
+
+def _aged_file(path):
+    path.write_bytes(b"x")
+    return _aged(path)

@@ -23,6 +23,8 @@ from cli_helpers import run_cli
 from conftest import random_state_dict
 from PIL import Image, ImageCms
 
+from upscale import atomic
+
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -218,3 +220,39 @@ def test_interrupted_batch_leaves_no_partial_file_and_resumes(weights, tmp_path)
     assert again.returncode == 0, again.stderr.decode()
     assert again.stderr.decode().count("skipped:") == len(finished)
     assert sorted(p.name for p in out.iterdir()) == [f"img{i}_x4.png" for i in range(6)]
+
+
+def test_rerun_beside_the_inputs_skips_and_never_takes_earlier_outputs_as_inputs(weights, tmp_path):
+    src = tmp_path / "d"
+    src.mkdir()
+    Image.fromarray(noise((6, 6, 3), 20)).save(src / "p0.png")
+    Image.fromarray(noise((5, 7, 3), 21)).save(src / "p1.jpg")
+    Image.fromarray(noise((5, 5, 3), 22)).save(src / "solo_x4.png")  # ends in the tag, but no solo.* beside it
+    run = ("--weights", weights, "--device", "cpu")
+    first = run_cli(src, *run)
+    assert first.returncode == 0, first.stderr.decode()
+    made = {"p0_x4.png", "p1_x4.png", "solo_x4_x4.png"}
+    assert {p.name for p in src.iterdir()} == {"p0.png", "p1.jpg", "solo_x4.png"} | made
+
+    # what a run killed mid-write (SIGKILL) leaves: hidden temps, of an output of this run and of another file
+    killed = atomic.temp_path(src / "p1_x4.png")
+    unrelated = atomic.temp_path(src / "notes.txt")
+    for temp in (killed, unrelated):
+        temp.write_bytes(b"half")
+        os.utime(temp, (time.time() - 3600, time.time() - 3600))
+    again = run_cli(src, *run)  # outputs beside the inputs: the rerun skips, it does not fail
+    stderr = again.stderr.decode()
+    assert again.returncode == 0, stderr
+    assert not killed.exists() and unrelated.exists()  # only the temps of its own outputs are cleared
+    unrelated.unlink()
+    assert "refusing" not in stderr and stderr.count("skipped:") == 3
+    assert "left out 3 earlier outputs of upscale" in stderr and "--include-outputs" in stderr
+
+    big = tmp_path / "big"
+    into = run_cli(src, "-o", big, *run, "--json")
+    assert into.returncode == 0, into.stderr.decode()
+    assert sorted(p.name for p in big.iterdir()) == ["p0_x4.png", "p1_x4.png", "solo_x4_x4.png"]
+    assert {Path(r["input"]).name for r in _json_lines(into.stdout).values()} == {"p0.png", "p1.jpg", "solo_x4.png"}
+    asked = run_cli(src, "-o", big, *run, "--include-outputs")
+    assert asked.returncode == 0, asked.stderr.decode()
+    assert {"p0_x4_x4.png", "p1_x4_x4.png"} <= {p.name for p in big.iterdir()}

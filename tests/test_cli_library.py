@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from upscale import Upscaler
-from upscale.errors import UsageError
+from upscale.errors import UpscaleError, UsageError
 
 
 class NearestUpscaler(Upscaler):
@@ -152,3 +152,15 @@ def test_impossible_settings_are_refused_at_construction(kwargs):
     """Before the model loads: the CLI turns these into exit code 2 without importing torch."""
     with pytest.raises(UsageError):
         Upscaler(**kwargs)
+
+
+def test_upscale_file_never_replaces_an_existing_output_unless_asked(tmp_path, rng):
+    src = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(src)
+    out = tmp_path / "a_x2.png"
+    out.write_bytes(b"the user's own file")
+    with pytest.raises(UpscaleError, match="a_x2.png exists: pass overwrite=True"):
+        NearestUpscaler().upscale_file(src)
+    assert out.read_bytes() == b"the user's own file"
+    assert NearestUpscaler().upscale_file(src, overwrite=True) == out
+    assert Image.open(out).size == (10, 8)

@@ -115,13 +115,70 @@ def test_wrong_size_is_refused_before_the_transfer(hub):
     assert cache_files(cache.cache_dir()) == []
 
 
-def test_cut_off_transfer_leaves_nothing_and_the_next_run_succeeds(hub):
+def test_cut_off_transfer_keeps_its_part_and_the_next_run_resumes_it(hub):
     hub.cut["files/VapSR_X4.pth"] = 99  # every attempt dies half way
     with pytest.raises(UpscaleError, match="failed after 4 attempts"):
         weights.resolve_checkpoint("vapsr", 4)
-    assert cache_files(cache.cache_dir()) == []  # no partial file, no record
+    store = cache.cache_dir() / "vapsr"
+    parts = [p.name for p in store.iterdir() if p.name.endswith(".part")]
+    assert len(parts) == 1 and parts[0].startswith(".VapSR_X4.pth.")  # hidden, never taken as the file
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == []  # no file, no record
+    have = (store / parts[0]).stat().st_size
+    assert have > 0
     hub.cut.clear()
+    hub.ranges.clear()
     assert sha(weights.resolve_checkpoint("vapsr", 4)) == manifest.resolve("vapsr", 4).sha256
+    assert hub.ranges == [f"bytes={have}-"]  # continued where the last run stopped, not from zero
+    assert cache_files(cache.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
+
+
+def test_interrupted_download_on_the_command_line_resumes_in_the_next_run(hub, tmp_path):
+    """Ctrl-C (here SIGTERM, which the CLI treats the same) during a download keeps the bytes so far."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    hub.cut["files/VapSR_X4.pth"] = 99
+    env = {**os.environ, **hub.env}
+    code = ("import time, upscale.download as d\n"
+            "d.RETRY_WAITS = (60.0,)\n"  # first attempt cut half way, then a long wait: interrupted in it
+            "from upscale.cli import main\nmain()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "img.png"), "-m", "vapsr", "-s", "4"],
+                            env=env, stderr=subprocess.PIPE)
+    store = cache.cache_dir() / "vapsr"
+    deadline = time.monotonic() + 120
+    while b"retrying in 60 s" not in (err := _peek(proc)):
+        assert proc.poll() is None and time.monotonic() < deadline, err
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest.decode()
+    (part,) = [p for p in store.iterdir() if p.name.endswith(".part")]
+    have = part.stat().st_size
+    hub.cut.clear()
+    hub.ranges.clear()
+    again = run_cli(tmp_path / "img.png", "-m", "vapsr", "-s", "4", env=hub.env)
+    assert again.returncode == 0, again.stderr.decode()
+    assert "resuming VapSR_X4.pth after" in again.stderr.decode() and hub.ranges == [f"bytes={have}-"]
+    assert not part.exists()
+
+
+_PEEKED: dict[int, bytes] = {}
+
+
+def _peek(proc) -> bytes:
+    """What the process has written on stderr so far (non-blocking)."""
+    import select
+
+    buf = _PEEKED.setdefault(proc.pid, b"")
+    if select.select([proc.stderr], [], [], 0.1)[0]:
+        chunk = os.read(proc.stderr.fileno(), 65536)
+        buf += chunk
+        _PEEKED[proc.pid] = buf
+    return buf
 
 
 def test_cut_off_transfer_resumes_with_a_range_request(hub):
@@ -131,12 +188,14 @@ def test_cut_off_transfer_resumes_with_a_range_request(hub):
     assert hub.ranges == [f"bytes={2896561 // 2}-"]
 
 
-def test_stale_partial_file_is_never_taken(hub):
+def test_a_partial_file_that_does_not_verify_is_downloaded_again_from_the_start(hub, capsys):
     store = cache.cache_dir() / "vapsr"
     store.mkdir(parents=True)
-    (store / ".VapSR_X4.pth.1234abcd.part").write_bytes(b"half a file")  # a killed run's leftover
+    (store / ".VapSR_X4.pth.1234abcd.part").write_bytes(b"half a file")  # not a prefix of the real file
     path = weights.resolve_checkpoint("vapsr", 4)
     assert sha(path) == manifest.resolve("vapsr", 4).sha256
+    assert hub.ranges == ["bytes=11-"]  # tried once, then from zero
+    assert "did not verify: starting again" in capsys.readouterr().err
     assert cache_files(cache.cache_dir()) == ["vapsr/VapSR_X4.pth", "vapsr/VapSR_X4.pth.json"]
 
 
@@ -377,3 +436,148 @@ def test_models_command_does_not_import_torch(hub):
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, env={**os.environ, **hub.env})
     assert proc.stderr.decode().strip().splitlines()[-1] == "False", proc.stderr.decode()
     assert json.loads(proc.stdout)
+
+
+# ---- no network -------------------------------------------------------------------------------------------
+
+# Five labels of 63 characters: over the 253-character limit of a DNS name, so the C library refuses to
+# resolve it locally (EAI_NONAME) and no query leaves the machine.
+UNRESOLVABLE = ".".join(["a" * 63] * 5)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once it is closed
+
+
+@pytest.fixture
+def no_network(hub, tmp_path, monkeypatch):
+    """The hub fixture's manifest with every source unreachable: vapsr x4 on an unresolvable host, a2n x3 on
+    a refused Hub endpoint then the unresolvable host; real retry waits (nothing here may wait for them)."""
+    data = json.loads(Path(hub.env["UPSCALE_MANIFEST"]).read_text())
+    models = data["models"]
+    models["vapsr"]["files"]["4"]["sources"] = [{"url": f"https://{UNRESOLVABLE}/VapSR_X4.pth"}]
+    models["a2n"]["files"]["3"]["sources"][1] = {"url": f"https://{UNRESOLVABLE}/aan_x3.pt"}
+    Path(hub.env["UPSCALE_MANIFEST"]).write_text(json.dumps(data))
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(download, "RETRY_WAITS", (1.0, 3.0, 8.0))
+    return {**hub.env, "HF_ENDPOINT": endpoint}
+
+
+def test_unreachable_hosts_fail_at_once_with_what_to_do(no_network, capsys):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(UpscaleError) as url_only:
+        weights.resolve_checkpoint("vapsr", 4)
+    with pytest.raises(UpscaleError) as two_sources:
+        weights.resolve_checkpoint("a2n", 3)
+    assert time.monotonic() - start < 10  # no retries: the waits alone would take 12 s per source
+    msg = str(url_only.value)
+    assert "cannot resolve the host name aaa" in msg and "upscale download vapsr -s 4 --from VapSR_X4.pth" in msg
+    assert "HTTPS_PROXY" in msg and "--offline" in msg and "\n" not in msg
+    msg = str(two_sources.value)
+    assert "127.0.0.1 refused the connection" in msg and "cannot resolve the host name" in msg
+    assert "upscale download a2n -s 3 --from aan_x3.pt" in msg and msg.endswith("run with --offline")
+    err = capsys.readouterr().err
+    assert "Retrying" not in err and "thrown while requesting" not in err and "retrying" not in err
+    assert cache_files(cache.cache_dir()) == []
+
+
+def test_unreachable_hub_on_the_command_line_is_one_line_even_with_q(no_network, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    proc = run_cli(tmp_path / "img.png", "-m", "a2n", "-s", "3", "-q", env=no_network)
+    line = assert_one_line_error(proc, "cannot download a2n x3", "refused the connection", "--offline",
+                                 "upscale download a2n -s 3 --from aan_x3.pt", "HTTPS_PROXY")
+    assert line.endswith("run with --offline") and proc.returncode == 1
+
+
+def test_retries_are_announced(hub, capsys):
+    hub.cut["files/VapSR_X4.pth"] = 1
+    weights.resolve_checkpoint("vapsr", 4)
+    err = capsys.readouterr().err
+    assert "connection closed after" in err and "retrying in 0 s (attempt 2 of 4)" in err
+
+
+# ---- a read-only cache -----------------------------------------------------------------------------------
+
+
+def _simulate_read_only(monkeypatch, root: Path):
+    """Every write under `root` fails as on a read-only file system (we run as root, so chmod cannot)."""
+    import errno
+
+    import filelock
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    real_mkdir = Path.mkdir
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refuse() if self.is_relative_to(root)
+                        else real_mkdir(self, *a, **k))
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    monkeypatch.setattr(cache, "write_record", refuse)
+
+
+def test_read_only_cache_in_process(hub, monkeypatch):
+    path = weights.resolve_checkpoint("vapsr", 4)
+    root = cache.cache_dir()
+    hub.requests.clear()
+    _simulate_read_only(monkeypatch, root)
+    assert weights.resolve_checkpoint("vapsr", 4) == path  # verified and unchanged: no lock, no write
+    os.utime(path, (1e9, 1e9))  # touched (a copy, a restore): checked by its digest, nothing recorded
+    assert weights.resolve_checkpoint("vapsr", 4) == path
+    with pytest.raises(UpscaleError) as exc:
+        weights.resolve_checkpoint("vapsr", 2)  # not in it
+    msg = str(exc.value)
+    assert "cannot be written (Read-only file system)" in msg and "does not hold vapsr x2" in msg
+    assert "UPSCALE_CACHE_DIR" in msg and "--weights" in msg
+    assert hub.requests == []
+
+
+def _read_only_mount_possible(folder: Path) -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    cmd = f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}'"
+    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, check=False).returncode == 0
+
+
+def test_read_only_cache_on_a_read_only_mount(hub, tmp_path):
+    """The real thing where this machine allows it (root with mount namespaces): the cache folder
+    bind-mounted read-only, one run with the verified file in it, one with an empty cache."""
+    import shlex
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    full, empty = tmp_path / "full-cache", tmp_path / "empty-cache"
+    empty.mkdir()
+    if not _read_only_mount_possible(empty):
+        pytest.skip("no read-only bind mounts here (needs unshare -m and mount)")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    assert run_cli("download", "vapsr", "-s", "4", "-q", env={**hub.env, "UPSCALE_CACHE_DIR": str(full)}).returncode == 0
+
+    def read_only_run(cache_root: Path, out: str) -> subprocess.CompletedProcess:
+        upscale = shlex.join([sys.executable, "-m", "upscale", str(tmp_path / "img.png"), "-m", "vapsr", "-s", "4",
+                              "-o", str(tmp_path / out)])
+        cmd = (f"mount --bind '{cache_root}' '{cache_root}' && mount -o remount,bind,ro '{cache_root}' && "
+               f"exec {upscale}")
+        return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, check=False, timeout=300,
+                              env={**os.environ, **hub.env, "UPSCALE_CACHE_DIR": str(cache_root)})
+
+    hub.requests.clear()
+    ok = read_only_run(full, "a.png")
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert Image.open(tmp_path / "a.png").size == (32, 32) and hub.requests == []
+    refused = read_only_run(empty, "b.png")
+    assert_one_line_error(refused, "cannot be written (Read-only file system)", "UPSCALE_CACHE_DIR")
+    assert not (tmp_path / "b.png").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -160,3 +161,21 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         images.write_image(np.zeros((4, 4, 3), np.uint8), target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_exif_is_not_a_python_warning_on_stderr():
+    """A camera's truncated EXIF block: the image is upscaled, the readable tags kept, and Pillow's
+    'Corrupt EXIF data' UserWarning never reaches the user's terminal."""
+    e = Image.Exif()
+    e[0x010F] = "Maker"
+    sub = e.get_ifd(0x8769)
+    sub[0x927C] = b"M" * 200  # a long MakerNote
+    sub[0x9003] = "2020:01:01 00:00:00"
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(buf, "JPEG", exif=e.tobytes()[:-120])  # its data runs past the end
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        picture = images.decode(buf.getvalue())
+        data, _ = images.encode(images.with_pixels(picture, np.zeros((12, 16, 3), np.uint8)), "png")
+    out = Image.open(io.BytesIO(data))
+    assert out.size == (16, 12) and out.getexif().get(0x010F) == "Maker"

@@ -165,3 +165,41 @@ def test_hat_overrides_are_hat_settings():
     for name in ("hat", "hat-s", "hat-l", "hat-imagenet", "real-hat-gan", "real-hat-gan-sharper"):
         v = manifest.resolve(name)
         assert v.family == "hat" and set(v.overrides) <= set(hat.AUTHORS_DEFAULTS), name
+
+
+def _broken(tmp_path, edit) -> str:
+    data = json.loads(manifest.PACKAGED.read_text())
+    edit(data["models"])
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda m: m["vapsr"]["files"]["4"].pop("filename"), "models.vapsr.files.4 has no 'filename'"),
+    (lambda m: m["hat"]["files"]["2"].update(filename="../../x.pth"), "models.hat.files.2 has filename '../../x.pth'"),
+    (lambda m: m["a2n"]["files"]["3"].update(sources=[{"repo_id": "a/b"}]), "models.a2n.files.3 sources[0]"),
+    (lambda m: m["vapsr"]["files"]["2"].update(size="big"), "models.vapsr.files.2 has a 'size'"),
+    (lambda m: m["vapsr"]["files"].update(x4={"filename": "a.pth"}), "models.vapsr.files.x4: the key"),
+    (lambda m: m["panet"].pop("family"), "models.panet has no 'family'"),
+    (lambda m: m["vapsr"].update(default_scale=8), "models.vapsr.default_scale 8"),
+])
+def test_a_bad_entry_is_named_when_the_manifest_is_loaded(tmp_path, monkeypatch, edit, named):
+    monkeypatch.setenv("UPSCALE_MANIFEST", _broken(tmp_path, edit))
+    with pytest.raises(UpscaleError, match="check UPSCALE_MANIFEST") as exc:
+        manifest.model_names()
+    assert named in str(exc.value)
+
+
+def test_bad_manifests_on_the_command_line_are_one_line(tmp_path):
+    from cli_helpers import assert_one_line_error, run_cli
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    folder = run_cli("models", env={"UPSCALE_MANIFEST": str(tmp_path)})
+    assert_one_line_error(folder, "cannot read the weights manifest", "Is a directory", "UPSCALE_MANIFEST")
+    assert folder.returncode == 1
+    no_name = _broken(tmp_path, lambda m: m["vapsr"]["files"]["2"].pop("filename"))
+    proc = run_cli(tmp_path / "a.png", "-m", "vapsr", "-s", "2", env={"UPSCALE_MANIFEST": no_name})
+    assert_one_line_error(proc, "models.vapsr.files.2 has no 'filename'")
+    assert proc.returncode == 1 and not (tmp_path / "a_x2.png").exists()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from upscale import animation, images, video
+from upscale import animation, atomic, images, video
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
@@ -193,8 +193,12 @@ def plan(
     fmt: str | None = None,
     overwrite: bool = False,
     codec: str | None = None,
+    include_outputs: bool = False,
 ) -> list[Job]:
     """Decide each source's output.
+
+    Images found in folders or by patterns that are earlier outputs of this tool (see
+    `earlier_outputs`) are left out, unless `include_outputs`.
 
     `output`: None (beside each input; stdin goes to stdout), "-" (stdout, one input only), an existing
     folder / a path ending in a separator / a path without an extension / any path when there are several
@@ -205,6 +209,9 @@ def plan(
     An animation keeps its format unless `fmt` is given (auto: kept); a video keeps its container (.mkv
     where that cannot hold `codec`) and ignores `fmt`.
     """
+    if not include_outputs:
+        left_out = set(map(id, earlier_outputs(sources, tag)))
+        sources = [s for s in sources if id(s) not in left_out]
     to_stdout, out_dir, out_file = _destination(sources, output, tag, fmt)
     auto = fmt is not None and fmt.lower() == images.AUTO
     fmt_key = images.format_name(fmt) if fmt and not auto else None
@@ -307,23 +314,32 @@ def _destination(
     return False, None, path
 
 
+def earlier_outputs(sources: Sequence[Source], tag: str) -> list[Source]:
+    """Images found in folders or by patterns (never files named explicitly) that look like this tool's
+    earlier outputs: the stem ends in `tag` (e.g. `_x4`) and, without it, is the stem of another image
+    found in the same folder (`p0_x4.png` beside `p0.jpg`). A run beside its inputs, or a later run into
+    another folder, must not upscale them again (`p0_x4_x4.png`)."""
+    if not tag:
+        return []
+    stems = {(s.path.parent, s.path.stem) for s in sources if s.path is not None and s.rel is not None}
+    return [s for s in sources if s.path is not None and s.rel is not None and s.path.stem.endswith(tag)
+            and (s.path.parent, s.path.stem[: -len(tag)]) in stems]
+
+
 def _check_jobs(jobs: list[Job], overwrite: bool) -> None:
     """Never write over an input, never write two images to one name, skip what exists."""
     inputs = {_key(j.source.path): j for j in jobs if j.source.path is not None}
-    # A folder walked without -o holds the outputs of an earlier run beside their inputs: they are not inputs.
-    planned = {_key(j.output) for j in jobs if j.output is not None}
-    jobs[:] = [j for j in jobs if j.source.path is None or j.source.rel is None or _key(j.source.path) not in planned]
     seen: dict[tuple, Job] = {}
     for job in jobs:
         if job.output is None:
             continue
         key = _key(job.output)
-        if key in inputs:
-            job.error = f"refusing to overwrite the input {job.output}: choose another -o or --suffix"
-        elif key in seen:
+        if key in seen:
             job.error = f"{job.output} is also the output of {seen[key].source.label}: use -r with a folder, or -o"
-        elif job.output.exists() and not overwrite:
-            job.skip = f"{job.output} exists (--overwrite to replace it)"
+        elif job.output.exists() and not overwrite and inputs.get(key) is not job:
+            job.skip = f"{job.output} exists (--overwrite to replace it)"  # also when it is another job's input
+        elif key in inputs:
+            job.error = f"refusing to overwrite the input {job.output}: choose another -o or --suffix"
         seen.setdefault(key, job)
 
 
@@ -377,6 +393,8 @@ def run(
     from the writer threads), for a display of what is being written."""
     images.check_png_compression(png_compression)  # a bad level fails before any image runs
     info = dict(upscaler.describe(), outscale=upscaler.outscale) if jobs else {}
+    # a run killed mid-write (SIGKILL, power loss) left hidden .part files of these outputs: clear them
+    atomic.remove_stale(j.output for j in jobs if j.output is not None)
     stages = _Stages(upscaler, quality, png_compression, progress, catch, stdin, stdout, phase, video_settings)
     if depth <= 0:
         yield from _sequential(stages, jobs, info)
@@ -430,10 +448,11 @@ def _moving(
     _make_folder(dst)
     if job.kind == "video":
         s = settings or video.VideoSettings()
-        r = up.upscale_video(src, dst, codec=s.codec, crf=s.crf, preset=s.preset, progress=progress)
+        r = up.upscale_video(src, dst, codec=s.codec, crf=s.crf, preset=s.preset, progress=progress,
+                             overwrite=True)  # plan() skipped existing outputs unless --overwrite
         media = {"frames": r.frames, "fps": r.fps, "duration": r.duration, "codec": r.codec}
     else:
-        r = up.upscale_animation(src, dst, fmt=job.fmt or None, quality=quality, progress=progress)
+        r = up.upscale_animation(src, dst, fmt=job.fmt or None, quality=quality, progress=progress, overwrite=True)
         media = {"frames": r.frames, "duration": r.duration, "loop": r.loop, "format": r.format}
     return Result(job.source.label, job.output_label, "ok", r.input_size, r.output_size, notes=r.notes, media=media)
 

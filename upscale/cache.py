@@ -8,6 +8,7 @@ local file of a `Wanted` checkpoint: from the cache, else downloaded from its so
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -154,8 +155,8 @@ def _check_digest(w: Wanted, path: Path, digest: str, expected: str | None, wher
         raise UpscaleError(f"{w.label}{origin} has sha256 {digest[:16]}…, not {what} {expected[:16]}…")
 
 
-def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
-    """The recorded file when it is still the verified one; a changed or damaged file is removed."""
+def _unchanged(w: Wanted, rec: dict[str, Any] | None) -> Path | None:
+    """The recorded file when its size and mtime are those recorded (no hashing, no writing)."""
     if rec is None:
         return None
     path = _record_file(rec)
@@ -166,8 +167,19 @@ def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
     expected = w.sha256 or rec["sha256"]
     if st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns") and rec["sha256"] == expected:
         return path
+    return None
+
+
+def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
+    """The recorded file when it is still the verified one; a changed or damaged file is removed."""
+    path = _unchanged(w, rec)
+    if path is not None or rec is None:
+        return path
+    path = _record_file(rec)
+    if not path.is_file():
+        return None
     try:  # touched, or the manifest's digest changed: hash again
-        digest = check(w, path, expected)
+        digest = check(w, path, w.sha256 or rec["sha256"])
     except UpscaleError as exc:
         download.say(f"warning: cached {exc}: it changed since it was verified, so it is removed", quiet)
         _remove(path)
@@ -177,18 +189,24 @@ def _lookup(w: Wanted, rec: dict[str, Any] | None, quiet: bool) -> Path | None:
 
 
 def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
-    """The verified local file for `w`: from the cache, else downloaded from its sources in order."""
-    from filelock import FileLock
+    """The verified local file for `w`: from the cache, else downloaded from its sources in order.
 
-    w.store.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(w.store / f".{w.filename}.lock")):  # one download per file, across processes
+    A file found unchanged is returned without taking the lock, so a read-only cache that holds it
+    works; one that does not hold it (or must re-check it) is searched without writing anything."""
+    path = _unchanged(w, _read_record(w))
+    if path is not None:
+        return path
+    try:
+        lock = write_lock(w)
+    except OSError as exc:
+        return _read_only(w, exc)
+    try:
+        atomic.remove_stale([w.record_path])  # a record write killed part way (the file's .part is resumed)
         rec = _read_record(w)
         path = _lookup(w, rec, quiet)
         if path is not None:
             return path
         expected = w.sha256 or (rec["sha256"] if rec else None)
-        for stale in atomic.stale_temps(w.path):  # left by an interrupted run (we hold the lock)
-            stale.unlink(missing_ok=True)
         adopted = _adopt_unrecorded(w, expected, quiet)
         if adopted is not None:
             return adopted
@@ -197,15 +215,74 @@ def ensure(w: Wanted, offline: bool = False, quiet: bool = False) -> Path:
             raise UpscaleError(f"{w.label} is not in the cache {cache_dir()} and offline mode is on: {how}")
         if not w.sources:
             raise UpscaleError(w.hint)
-        errors = []
+        errors: list[UpscaleError] = []
         for source in w.sources:
             try:
                 return _fetch(w, source, expected, quiet)
             except UpscaleError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        raise _all_sources_failed(w, errors)
+    finally:
+        lock.release()
+
+
+def write_lock(w: Wanted) -> Any:
+    """The acquired lock of `w`'s file (release it): one writer per cache file across processes, so a
+    `.part` found while holding it belongs to no live writer. OSError when the cache cannot be written."""
+    from filelock import FileLock
+
+    w.store.mkdir(parents=True, exist_ok=True)
+    if not os.access(w.store, os.W_OK):  # a read-only file system, or not ours
+        code = errno.EROFS if _read_only_fs(w.store) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(w.store))
+    lock = FileLock(str(w.store / f".{w.filename}.lock"))
+    lock.acquire()
+    return lock
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _read_only(w: Wanted, exc: OSError) -> Path:
+    """A cache we cannot write to: use a verified copy if it holds one (hashed, nothing recorded),
+    else say in one line what to do."""
+    rec = _read_record(w)
+    expected = w.sha256 or (rec["sha256"] if rec else None)
+    candidates = [_record_file(rec)] if rec else []
+    if w.path not in candidates:
+        candidates.append(w.path)
+    for source in w.sources:
+        if "repo_id" in source:
+            try:
+                candidates.append(download.fetch_hub(source, hub_cache_dir(), local_only=True, quiet=True))
+            except UpscaleError:
+                pass
+    for path in candidates:
+        if expected is None or not path.is_file():
+            continue  # a file we cannot check is never used
+        try:
+            check(w, path, expected)
+        except (UpscaleError, OSError):
+            continue
+        return path
+    reason = exc.strerror or str(exc)
+    raise UpscaleError(f"the weights cache {cache_dir()} cannot be written ({reason}) and does not hold {w.label}: "
+                       "set UPSCALE_CACHE_DIR to a writable folder, or pass --weights with the file")
+
+
+def _all_sources_failed(w: Wanted, errors: list[UpscaleError]) -> UpscaleError:
+    """One complete line: what failed, and, when the network was the cause, what to do about it."""
+    if not any(isinstance(e, download.NetworkError) for e in errors):
         if len(errors) == 1:
-            raise UpscaleError(errors[0])
-        raise UpscaleError(f"no source of {w.label} worked: " + " | ".join(errors))
+            return errors[0]
+        return UpscaleError(f"no source of {w.label} worked: " + " | ".join(map(str, errors)))
+    what = f"cannot download {w.label}: " + "; ".join(map(str, errors))
+    return UpscaleError(f"{what}. Check the network connection, or the proxy (HTTPS_PROXY) if you need one; "
+                        f"without network, {w.hint}; models already cached run with --offline")
 
 
 def _adopt_unrecorded(w: Wanted, expected: str | None, quiet: bool) -> Path | None:
@@ -239,9 +316,7 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
     size = f", {w.size / 1e6:.1f} MB" if w.size else ""
     download.say(f"downloading {w.label}{size} from {where}", quiet)
     if "url" in source:
-        with atomic.replacing(w.path) as tmp:  # not kept unless verified
-            digest, _ = download.fetch_url(source["url"], tmp, expected_size=w.size, label=w.filename, quiet=quiet)
-            _verified(w, tmp, digest, expected, where)
+        digest = _fetch_url(w, source["url"], expected, where, quiet)
         path = w.path
     else:
         path = download.fetch_hub(source, hub_cache_dir(), quiet=quiet)
@@ -260,6 +335,37 @@ def _fetch(w: Wanted, source: dict[str, Any], expected: str | None, quiet: bool)
     write_record(w, path, digest, where, "manifest" if w.sha256 else "first download")
     download.say(f"verified {w.label} (sha256 {digest[:16]}…), cached at {path}", quiet)
     return path
+
+
+def _fetch_url(w: Wanted, url: str, expected: str | None, where: str, quiet: bool) -> str:
+    """Download into a hidden `.part` beside the file and rename it once verified. The `.part` of an
+    interrupted run (network lost, Ctrl-C, killed) is kept and continued by the next run (HTTP Range);
+    one that does not verify is deleted, and a resumed one is then downloaded again from the start.
+    Runs under the file's lock, so no other process is writing any `.part` of it."""
+    partials = sorted(atomic.stale_temps(w.path), key=lambda p: p.stat().st_size, reverse=True)
+    for extra in partials[1:]:
+        extra.unlink(missing_ok=True)
+    part = partials[0] if partials else atomic.temp_path(w.path)
+    resumed = part.exists() and part.stat().st_size > 0
+    try:
+        digest, _ = download.fetch_url(url, part, expected_size=w.size, label=w.filename, quiet=quiet, resume=True)
+    except (download.NetworkError, KeyboardInterrupt):
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()
+        raise  # the bytes so far stay for the next run
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    try:
+        _verified(w, part, digest, expected, where)
+    except UpscaleError:
+        part.unlink(missing_ok=True)
+        if not resumed:
+            raise
+        download.say(f"the download of {w.label} resumed from an earlier run did not verify: starting again", quiet)
+        return _fetch_url(w, url, expected, where, quiet)
+    os.replace(part, w.path)
+    return digest
 
 
 def _verified(w: Wanted, path: Path, digest: str, expected: str | None, where: str) -> None:

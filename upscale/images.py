@@ -110,6 +110,7 @@ def decode(data: bytes, name: str = "image", max_pixels: int | None = DEFAULT_MA
                 exif = im.getexif()
                 orientation = int(exif.get(_ORIENTATION, 1) or 1)
                 dpi = im.info.get("dpi")
+                exif_bytes = _exif_bytes(exif)
     except UpscaleError:
         raise
     except UnidentifiedImageError:
@@ -117,11 +118,19 @@ def decode(data: bytes, name: str = "image", max_pixels: int | None = DEFAULT_MA
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise UpscaleError(f"cannot decode {name} (corrupt or truncated?): {exc}") from None
     pixels = _drop_opaque_alpha(_orient(pixels, orientation))
-    exif_bytes = None
-    if len(exif):
-        exif[_ORIENTATION] = 1
-        exif_bytes = exif.tobytes()
     return Picture(pixels, icc_profile=icc, exif=exif_bytes, dpi=tuple(dpi) if dpi else None)
+
+
+def _exif_bytes(exif: Image.Exif) -> bytes | None:
+    """The EXIF block to carry over, orientation reset. Serialising reads the sub-IFDs: damaged tags are
+    dropped (Pillow warns about them; the caller silences that), and an unreadable block is not kept."""
+    if not len(exif):
+        return None
+    exif[_ORIENTATION] = 1
+    try:
+        return exif.tobytes()
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
@@ -319,13 +328,15 @@ def _metadata_for(picture: Picture, a: np.ndarray, fmt: str) -> tuple[bytes | No
         icc = None  # a gray profile cannot describe the RGB pixels the format forced on us
     exif = None
     if picture.exif:
-        e = Image.Exif()
-        e.load(picture.exif)
-        e[_ORIENTATION] = 1
-        ifd = e.get_ifd(_EXIF_IFD)
-        if ifd:
-            ifd[_PIXEL_X], ifd[_PIXEL_Y] = a.shape[1], a.shape[0]
-        exif = e.tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": the tags that could be read are kept
+            e = Image.Exif()
+            e.load(picture.exif)
+            e[_ORIENTATION] = 1
+            ifd = e.get_ifd(_EXIF_IFD)
+            if ifd:
+                ifd[_PIXEL_X], ifd[_PIXEL_Y] = a.shape[1], a.shape[0]
+            exif = e.tobytes()
     return icc, exif
 
 

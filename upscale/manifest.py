@@ -67,11 +67,75 @@ def _read(path: Path, mtime_ns: int) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UpscaleError(f"weights manifest not found: {path} (check UPSCALE_MANIFEST)") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:  # a folder, no permission
+        raise UpscaleError(f"cannot read the weights manifest {path}: {exc.strerror} (check UPSCALE_MANIFEST)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UpscaleError(f"weights manifest {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-        raise UpscaleError(f"weights manifest {path} has no 'models' table")
+    problem = _problem(data)
+    if problem:
+        raise UpscaleError(f"weights manifest {path}: {problem} (check UPSCALE_MANIFEST)")
     return data
+
+
+def _problem(data: Any) -> str | None:
+    """The first entry the code could not use, named by its place (models.NAME.files.SCALE…); else None.
+    Checked once when the manifest is loaded, so a bad entry is one clear line, not a KeyError later."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        return "no 'models' table"
+    for name, model in data["models"].items():
+        where = f"models.{name}"
+        if not isinstance(model, dict):
+            return f"{where} is not a table"
+        if not isinstance(model.get("family"), str) or not model["family"]:
+            return f"{where} has no 'family'"
+        files = model.get("files")
+        if not isinstance(files, dict) or not files:
+            return f"{where} has no 'files' table"
+        for scale, entry in files.items():
+            here = f"{where}.files.{scale}"
+            if not (isinstance(scale, str) and scale.isdigit() and int(scale) > 0):
+                return f"{here}: the key must be a scale (a positive whole number)"
+            problem = _file_problem(entry)
+            if problem:
+                return f"{here} {problem}"
+        default = model.get("default_scale")
+        if default is not None and str(default) not in files:
+            return f"{where}.default_scale {default!r} is not one of its scales"
+        if not isinstance(model.get("overrides", {}), dict):
+            return f"{where}.overrides is not a table"
+    return None
+
+
+def _file_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "is not a table"
+    filename = entry.get("filename")
+    if not isinstance(filename, str) or not filename:
+        return "has no 'filename'"
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        return f"has filename {filename!r}: a plain file name is needed (it names a file in the cache)"
+    sha = entry.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        return "has a 'sha256' that is not 64 lowercase hex digits"
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        return "has a 'size' that is not a byte count"
+    if not isinstance(entry.get("overrides", {}), dict):
+        return "has 'overrides' that is not a table"
+    sources = entry.get("sources", [])
+    if not isinstance(sources, list):
+        return "has 'sources' that is not a list"
+    for i, source in enumerate(sources):
+        if isinstance(source, dict) and isinstance(source.get("url"), str) and source["url"].startswith(
+            ("https://", "http://")
+        ):
+            continue
+        if (isinstance(source, dict) and source.get("repo_type", "model") in ("model", "dataset", "space")
+                and all(isinstance(source.get(k), str) and source[k] for k in ("repo_id", "filename", "revision"))):
+            continue
+        return (f"sources[{i}] is neither {{\"url\": \"https://…\"}} nor a Hub file "
+                "{\"repo_id\", \"filename\", \"revision\"}")
+    return None
 
 
 def load_manifest(path: Path | None = None) -> dict[str, Any]:

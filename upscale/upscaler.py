@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from upscale import images, manifest
+from upscale import atomic, images, manifest
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
@@ -245,23 +245,27 @@ class Upscaler:
         fmt: str | None = None,
         quality: int | None = None,
         png_compression: int | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Upscale one image, animation or video file; the default output is `<stem><tag>.png` beside the
         input (`output_tag`: _x4, _w1920 ...; an animation or a video keeps its own format). The output is
-        written atomically and never over the input. `png_compression`: zlib level 0-9
-        (images.DEFAULT_PNG_COMPRESSION when None).
+        written atomically and never over the input; an existing output is replaced only with
+        `overwrite=True` (the CLI's rule). `png_compression`: zlib level 0-9 (images.DEFAULT_PNG_COMPRESSION
+        when None).
         (Folders, pipelined, with skipping of existing outputs and per-file reports: upscale.batch.run.)"""
         from upscale import animation, video
 
         src = Path(src)
         if video.is_video(src):
-            return self.upscale_video(src, dst, progress=progress).output
+            return self.upscale_video(src, dst, progress=progress, overwrite=overwrite).output
         if animation.is_animated(src):
-            return self.upscale_animation(src, dst, fmt=fmt, quality=quality, progress=progress).output
+            return self.upscale_animation(src, dst, fmt=fmt, quality=quality, progress=progress,
+                                          overwrite=overwrite).output
         dst = Path(dst) if dst is not None else self.default_output(src)
-        _refuse_input(src, dst)
+        _check_output(src, dst, overwrite)
         picture = images.read_image(src, max_pixels=self.max_pixels)
         images.check_png_compression(png_compression)
+        atomic.remove_stale([dst])  # a temp of dst left by a write that was killed
         images.write_image(self.upscale_picture(picture, progress), dst, fmt=fmt, quality=quality,
                            png_compression=png_compression)
         return dst
@@ -283,6 +287,7 @@ class Upscaler:
         crf: int | None = None,
         preset: str | None = None,
         progress: ProgressFn | None = None,
+        overwrite: bool = False,
     ) -> VideoResult:
         """Upscale a video file as a stream (upscale/video.py); the default output is
         `<stem><tag>.<same container>` beside the input (.mkv where that container cannot hold
@@ -294,7 +299,7 @@ class Upscaler:
         if dst is None:
             dst = self.default_output(src, video.output_suffix(src.suffix, codec))
         dst = Path(dst)
-        _refuse_input(src, dst)
+        _check_output(src, dst, overwrite)
         settings = video.VideoSettings(codec=codec, crf=crf, preset=preset)
         result = video.transcode(self.upscale_array, src, dst, settings, max_pixels=self.max_pixels, progress=progress)
         result.output = dst
@@ -307,6 +312,7 @@ class Upscaler:
         fmt: str | None = None,
         quality: int | None = None,
         progress: ProgressFn | None = None,
+        overwrite: bool = False,
     ) -> AnimationResult:
         """Upscale every frame of an animated GIF, WebP or PNG (upscale/animation.py); the default output
         keeps the format, `<stem><tag>.<ext>` beside the input."""
@@ -317,7 +323,7 @@ class Upscaler:
             ext = animation.FORMATS[animation.output_format(fmt, src)][1]
             dst = self.default_output(src, ext)
         dst = Path(dst)
-        _refuse_input(src, dst)
+        _check_output(src, dst, overwrite)
         result = animation.transcode(self.upscale_array, src, dst, fmt, quality=quality,
                                      max_pixels=self.max_pixels, progress=progress)
         result.output = dst
@@ -382,9 +388,12 @@ class Upscaler:
         return _resize(out, *size)
 
 
-def _refuse_input(src: Path, dst: Path) -> None:
+def _check_output(src: Path, dst: Path, overwrite: bool) -> None:
+    """The CLI's rules for one file: never over the input; an existing output only with `overwrite`."""
     if dst.exists() and dst.resolve() == src.resolve():
         raise UpscaleError(f"refusing to overwrite the input {src}: choose another output")
+    if dst.exists() and not overwrite:
+        raise UpscaleError(f"{dst} exists: pass overwrite=True to replace it, or choose another output")
 
 
 def _resize(a: np.ndarray, width: int, height: int) -> np.ndarray:

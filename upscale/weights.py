@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from upscale import atomic, download, manifest
-from upscale.cache import Wanted, cache_dir, cached_path, check, ensure, wanted_for, write_record
+from upscale.cache import Wanted, cache_dir, cached_path, check, ensure, wanted_for, write_lock, write_record
 from upscale.errors import UpscaleError
 
 
@@ -36,7 +36,7 @@ def parse_hf_uri(uri: str) -> dict[str, Any]:
 def _adhoc(kind: str, address: str, source: dict[str, Any], filename: str) -> Wanted:
     key = hashlib.sha256(address.encode()).hexdigest()[:16]
     return Wanted(label=filename or address, store=cache_dir() / kind / key, filename=filename or "weights",
-                  sources=(source,), hint=f"download {address} while online",
+                  sources=(source,), hint=f"download {address} another way and pass --weights with the file",
                   fetch_hint=f"upscale --weights {address} (online)")
 
 
@@ -101,12 +101,20 @@ def register_file(name: str, scale: int | None, source: str | Path, quiet: bool 
     from upscale.models.checkpoint import load_checkpoint
 
     from_state_dict(load_checkpoint(src), arch=variant.family, scale=variant.scale, **variant.overrides)
-    w.store.mkdir(parents=True, exist_ok=True)
-    with atomic.replacing(w.path) as tmp:
-        shutil.copyfile(src, tmp)
-        if download.sha256_file(tmp) != digest:
-            raise UpscaleError(f"copying {src} into the cache changed it (disk error?)")
-    write_record(w, w.path, digest, f"registered from {src.resolve()}", "manifest" if w.sha256 else "registered")
+    try:
+        lock = write_lock(w)
+        try:
+            with atomic.replacing(w.path) as tmp:
+                shutil.copyfile(src, tmp)
+                if download.sha256_file(tmp) != digest:
+                    raise UpscaleError(f"copying {src} into the cache changed it (disk error?)")
+            write_record(w, w.path, digest, f"registered from {src.resolve()}",
+                         "manifest" if w.sha256 else "registered")
+        finally:
+            lock.release()
+    except OSError as exc:
+        raise UpscaleError(f"cannot write into the weights cache {cache_dir()}: {exc.strerror or exc} (set "
+                           f"UPSCALE_CACHE_DIR to a writable folder, or pass --weights {src})") from None
     if w.sha256 is None:
         download.say(f"note: no sha256 is known for {w.label}; recorded {digest[:16]}… of your file", quiet)
     return w.path

@@ -94,6 +94,10 @@ def run(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace outputs that exist (default: skip them, so a rerun resumes).")
     ] = False,
+    include_outputs: Annotated[
+        bool, typer.Option("--include-outputs", help="Also upscale images in the input folders that look like earlier "
+                           "outputs (p0_x4.png beside p0.png), which are left out by default.")
+    ] = False,
     outscale: Annotated[
         float | None,
         typer.Option("--outscale", metavar="FACTOR", parser=number("a factor above 0"),
@@ -194,7 +198,13 @@ def run(
     to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
     up = Upscaler(**settings)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
-    jobs = batch.plan(sources, output, tag=up.output_tag(suffix), fmt=fmt, overwrite=overwrite, codec=video_settings.codec)
+    tag = up.output_tag(suffix)
+    jobs = batch.plan(sources, output, tag=tag, fmt=fmt, overwrite=overwrite, codec=video_settings.codec,
+                      include_outputs=include_outputs)
+    earlier = [] if include_outputs else batch.earlier_outputs(sources, tag)
+    if earlier and not quiet:
+        say(f"left out {len(earlier)} earlier output{'s' * (len(earlier) != 1)} of upscale (names ending in {tag} "
+            "beside an input of the same name): --include-outputs to upscale them too")
     report = Report(quiet=quiet, json_out=(sys.stderr if to_stdout else sys.stdout) if json_lines else None)
     runnable = sum(not (j.skip or j.error) for j in jobs)
     if not quiet and (runnable > 1 or (runnable and err.is_terminal)):  # a lone image's error stays one line
