@@ -79,7 +79,7 @@ def main() -> None:
                 print(f"{size:>5}²{'':>4}{0:>6}{'whole':>9}  skipped: about {whole_gb:.0f} GB")
                 continue
             model.cut = Blended() if mode == "blended" else Passes(passes)
-            results[mode] = timed(lambda m=mode: upscale_array(model, img, tile=0 if m == "whole" else tile))
+            results[mode] = timed(lambda m=mode, x=img, t=tile: upscale_array(model, x, tile=0 if m == "whole" else t))
         base = results.get("whole")
         for mode, (out, sec) in results.items():
             ratio = f"{sec / base[1]:.2f}" if base else "-"

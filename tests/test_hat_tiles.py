@@ -126,3 +126,35 @@ def test_tiles_keep_the_self_ensemble():
 )
 def test_shifted_order(a, b, size, order, wraps):
     assert shifted_order(a, b, size, 2) == (order, wraps)
+
+
+def test_a_feature_buffer_that_does_not_fit_runs_blended_tiles(monkeypatch):
+    """Exact passes keep 2×embed float32 features per pixel in host memory; where that is not free,
+    the run takes blended tiles, with a warning, rather than failing."""
+    from upscale.infer import MemoryWarning, memory
+
+    model = tiny(2)
+    img = image(37, 29, seed=5)
+    monkeypatch.setattr(model, "cut", Blended())
+    blended = upscale_array(model, img, tile=8)
+    monkeypatch.setattr(model, "cut", Passes(hat_family.passes))
+    need = memory.passes_host_bytes(model, 37, 29, 8)
+    assert need == (40 + 16) * 32 * 24 * 4  # the padded image, two tile rows waiting, 24 channels
+    monkeypatch.setattr(memory, "available_host_memory", lambda: need)
+    with pytest.warns(MemoryWarning, match="blended tiles"):
+        np.testing.assert_array_equal(upscale_array(model, img, tile=8), blended)
+
+
+def test_auto_tile_leaves_room_for_the_feature_buffer():
+    """A 4000² image with ×4 HAT-S on a 24 GB machine (about 22 GB available, 90% of it usable, minus
+    the 768 MB result): the buffer's 18.4 GB leave room for small tiles; HAT's 23 GB do not."""
+    from upscale.infer import memory
+    from upscale.models import FAMILIES
+
+    host_free = int(22e9 * 0.9) - 16000 * 16000 * 3
+    for variant, fits in (("hat-s", True), ("hat", False)):
+        model = from_state_dict(HAT(4, **FAMILIES["hat"].layouts[variant]).state_dict())
+        tile = memory.auto_tile(model, 4000, 4000, 32, torch.float32, memory.CPU_BUDGET_CAP, True, host_free)
+        assert (tile >= memory.MIN_TILE) == fits and (tile == -1) != fits
+        if fits:
+            assert memory.passes_host_bytes(model, 4000, 4000, tile) < host_free
