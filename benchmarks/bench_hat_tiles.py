@@ -66,7 +66,7 @@ def main() -> None:
     print(f"{args.variant} ×{args.scale}, random official layout, CPU, 1 thread, process CPU time")
     head = f"{'input':>10}{'tile':>6}{'mode':>9}{'CPU s':>9}{'× whole':>9}{'max diff':>10}{'values off':>12}"
     print(head)
-    print("-" * len(head))
+    print("-" * len(head), flush=True)
     for size in args.sizes:
         img = test_image(size)
         tile = args.tile
@@ -75,24 +75,20 @@ def main() -> None:
         whole_gb = memory.bytes_per_pixel(model) * size * size / 1e9
         results: dict[str, tuple[np.ndarray, float]] = {}
         for mode in args.modes:
+            t = 0 if mode == "whole" else tile
             if mode == "whole" and whole_gb > args.whole_limit:
-                print(f"{size:>5}²{'':>4}{0:>6}{'whole':>9}  skipped: about {whole_gb:.0f} GB")
+                print(f"{size:>5}²{'':>4}{t:>6}{mode:>9}  skipped: about {whole_gb:.0f} GB", flush=True)
                 continue
             model.cut = Blended() if mode == "blended" else Passes(passes)
-            results[mode] = timed(lambda m=mode, x=img, t=tile: upscale_array(model, x, tile=0 if m == "whole" else t))
-        base = results.get("whole")
-        for mode, (out, sec) in results.items():
-            ratio = f"{sec / base[1]:.2f}" if base else "-"
+            out, sec = results[mode] = timed(lambda x=img, t=t: upscale_array(model, x, tile=t))
+            base = results.get("whole")
+            ratio = diff = off = "-"
             if base:
                 d = np.abs(out.astype(np.int32) - base[0].astype(np.int32))
-                diff, off = f"{d.max()}", f"{(d > 0).mean():.3%}"
-            else:
-                diff = off = "-"
-            t = 0 if mode == "whole" else tile
-            print(f"{size:>5}²{'':>4}{t:>6}{mode:>9}{sec:>9.1f}{ratio:>9}{diff:>10}{off:>12}")
+                ratio, diff, off = f"{sec / base[1]:.2f}", f"{d.max()}", f"{(d > 0).mean():.3%}"
+            print(f"{size:>5}²{'':>4}{t:>6}{mode:>9}{sec:>9.1f}{ratio:>9}{diff:>10}{off:>12}", flush=True)
         if "exact" in results and "blended" in results:
-            print(f"{'':>24}exact / blended: {results['exact'][1] / results['blended'][1]:.2f}")
-
+            print(f"{'':>24}exact / blended: {results['exact'][1] / results['blended'][1]:.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -75,8 +75,9 @@ def upscale_array(
     tile: core side in input pixels (0 = the whole image at once; auto: from the device's free memory
     and the model's cost). tile_overlap: context per side of overlapping tiles (auto: the receptive
     field plus the blend ramp where finite, else 32). When tiled, a model whose cut is Streamed
-    (VapSR) streams rows instead, unless an overlap is given; one whose cut is Passes (A2N) always
-    runs in exact passes, which need no overlap.
+    (VapSR) streams rows instead, unless an overlap is given; one whose cut is Passes (A2N, HAT) runs
+    in exact passes, which need no overlap, unless their feature buffer does not fit in host memory
+    (then blended tiles, with a MemoryWarning).
     precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile that comes out non-finite in
     reduced precision is recomputed in fp32, with one warning.
     On out-of-memory the tile side is halved and the image restarted, down to 32 pixels."""

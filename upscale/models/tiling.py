@@ -5,13 +5,13 @@ them. Everything here is plain data over the network's own modules and functions
 loops over tiles, no knowledge of devices or memory.
 
 - `Blended()`: overlapping tiles whose outputs are blended. Exact where `NetSpec.receptive_field`
-  is finite and the overlap covers it (HAT, PANet: close to, not equal to, the whole image).
+  is finite and the overlap covers it (PANet: close to, not equal to, the whole image).
 - `Streamed(nodes)`: `nodes(net)` describes the forward as row-streaming nodes (below); bands of
   rows flow through it, each layer keeping the rows of context it needs. Exact (VapSR).
 - `Passes(plan)`: `plan(net)` describes the forward as passes over the whole image, each in tiles
   with a few pixels of context, the features between passes kept in host memory, and whole-image
   statistics (pooled attention) summed over all tiles and frozen before the pass that uses them.
-  Exact (A2N).
+  Exact (A2N, HAT).
 
 A wrapper that runs the network its own way (SelfEnsemble: 8 transforms) declares its own cut.
 
