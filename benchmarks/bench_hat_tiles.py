@@ -3,8 +3,9 @@
     python benchmarks/bench_hat_tiles.py                      # HAT-S ×4, 512² and 1024² inputs
     python benchmarks/bench_hat_tiles.py --sizes 256 --tile 96 --variant hat
 
-Weights are random in the official layout (N(0, 0.02²), as the tests' random_state_dict; the
-relative-position indices are the real ones). Each mode runs once through `upscale_array`:
+Weights are random in the official layout: N(0, 0.02²), as the tests' random_state_dict (the
+relative-position indices are the real ones), or with `--init default` torch's own layer
+initialisation (as bench_hat.py), whose larger weights make blended tiles differ by more. Each mode runs once through `upscale_array`:
 - whole: the image in one forward pass (tile 0); skipped where its estimated memory
   (the memory model's bytes per pixel) exceeds --whole-limit GB;
 - exact: the pass runner (HAT's `cut`, one pass per HAB), tile --tile (default: the auto tile of
@@ -29,8 +30,11 @@ from upscale.models.hat import HAT, passes
 from upscale.models.tiling import Blended, Passes
 
 
-def random_model(variant: str, scale: int, seed: int = 0) -> SRModel:
+def random_model(variant: str, scale: int, seed: int = 0, init: str = "normal") -> SRModel:
+    torch.manual_seed(seed)
     shapes = HAT(scale, **FAMILIES["hat"].layouts[variant]).state_dict()
+    if init == "default":  # torch's own initialisation of the layers, as bench_hat.py
+        return from_state_dict(shapes)
     g = torch.Generator().manual_seed(seed)
     sd = {
         k: torch.randn(v.shape, generator=g) * 0.02 if v.is_floating_point() else v for k, v in shapes.items()
@@ -60,10 +64,11 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=None, help="tile side (default: the auto tile)")
     ap.add_argument("--whole-limit", type=float, default=8.0, help="GB: skip the whole image above this estimate")
     ap.add_argument("--modes", nargs="+", default=["whole", "exact", "blended"])
+    ap.add_argument("--init", choices=["normal", "default"], default="normal")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = random_model(args.variant, args.scale)
-    print(f"{args.variant} ×{args.scale}, random official layout, CPU, 1 thread, process CPU time")
+    model = random_model(args.variant, args.scale, init=args.init)
+    print(f"{args.variant} ×{args.scale}, random official layout ({args.init} init), CPU, 1 thread, process CPU time")
     head = f"{'input':>10}{'tile':>6}{'mode':>9}{'CPU s':>9}{'× whole':>9}{'max diff':>10}{'values off':>12}"
     print(head)
     print("-" * len(head), flush=True)
