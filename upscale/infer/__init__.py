@@ -33,13 +33,17 @@ from upscale.infer.memory import MIN_TILE, keep_freed_memory, release_freed_memo
 from upscale.models.tiling import Passes, Streamed
 
 __all__ = [
-    "MIN_TILE", "NAMES", "PRECISIONS", "Context", "NonFiniteWarning", "ProgressFn", "keep_freed_memory",
+    "MIN_TILE", "NAMES", "PRECISIONS", "Context", "MemoryWarning", "NonFiniteWarning", "ProgressFn", "keep_freed_memory",
     "parse_pixels", "release_freed_memory", "select_device", "select_precision", "to_tensor", "upscale_array",
 ]
 
 
 class NonFiniteWarning(UserWarning):
     """Some tiles overflowed in reduced precision and were recomputed in fp32."""
+
+
+class MemoryWarning(UserWarning):
+    """The exact passes' feature buffer does not fit in host memory: blended tiles instead."""
 
 
 def parse_pixels(value: int | str | None, what: str) -> int | None:
@@ -71,8 +75,9 @@ def upscale_array(
     tile: core side in input pixels (0 = the whole image at once; auto: from the device's free memory
     and the model's cost). tile_overlap: context per side of overlapping tiles (auto: the receptive
     field plus the blend ramp where finite, else 32). When tiled, a model whose cut is Streamed
-    (VapSR) streams rows instead, unless an overlap is given; one whose cut is Passes (A2N) always
-    runs in exact passes, which need no overlap.
+    (VapSR) streams rows instead, unless an overlap is given; one whose cut is Passes (A2N, HAT) runs
+    in exact passes, which need no overlap, unless their feature buffer does not fit in host memory
+    (then blended tiles, with a MemoryWarning).
     precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile that comes out non-finite in
     reduced precision is recomputed in fp32, with one warning.
     On out-of-memory the tile side is halved and the image restarted, down to 32 pixels."""
@@ -88,19 +93,36 @@ def upscale_array(
     overlap_given = parse_pixels(tile_overlap, "--tile-overlap")
     overlap = tiles.default_overlap(model) if overlap_given is None else overlap_given
     tile_given = tile_n is not None
+    exact = isinstance(getattr(model, "cut", None), Passes)
+    # Passes keep features of the whole image in host memory, beside the integer result.
+    host_free = int(memory.available_host_memory() * 0.9) - h * w * model.scale**2 * 3 * array.itemsize
     if tile_n is None:
         budget = memory.memory_budget(device)
-        tile_n = memory.auto_tile(model, h, w, overlap, dtype, budget)
+        tile_n = memory.auto_tile(model, h, w, overlap, dtype, budget, host_free=host_free if exact else None,
+                                  host_tiles=device.type == "cpu")
+        if tile_n < 0:  # no tile leaves room for the feature buffer: blended tiles, not exact
+            tile_n = memory.auto_tile(model, h, w, overlap, dtype, budget)
+            exact = False
     if tile_n and tile_n >= max(h, w):
         tile_n = 0
+    if tile_n and exact and memory.passes_host_bytes(model, h, w, tile_n) > host_free:
+        exact = False
+    if tile_n and isinstance(getattr(model, "cut", None), Passes) and not exact:
+        need = memory.passes_host_bytes(model, h, w, tile_n) / 1e9
+        warnings.warn(
+            f"exact tiles need {need:.1f} GB of host memory for their features, more than is free: "
+            "running blended tiles, which differ slightly from the whole image",
+            MemoryWarning,
+            stacklevel=2,
+        )
 
     try:
-        return _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, overlap_given is None)
+        return _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, overlap_given is None, exact)
     finally:
         release_freed_memory()  # kept for speed during the run, not after it (see memory)
 
 
-def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, auto_overlap) -> np.ndarray:
+def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, auto_overlap, exact=True) -> np.ndarray:
     """The run with the runner the model's cut calls for, retried with smaller tiles on out-of-memory."""
     h, w = array.shape[:2]
     fp32_model = prepare(model, device, torch.float32)
@@ -111,7 +133,7 @@ def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, aut
     while True:
         ctx = Context(run_model, fp32_model, array, out, device, dtype, progress)
         try:
-            if tile_n and isinstance(cut, Passes):  # exact, layer by layer
+            if tile_n and isinstance(cut, Passes) and exact:  # exact, layer by layer
                 ctx.input_range = run_model.input_range  # the passes call the network's own modules
                 passes.run_passes(ctx, cut, tile_n)
             elif tile_n and isinstance(cut, Streamed) and auto_overlap:  # exact, no overlap recompute

@@ -22,6 +22,7 @@ import weakref
 import torch
 
 from upscale.infer.tiles import FEATHER
+from upscale.models.tiling import Passes
 
 MIN_TILE = 32  # out-of-memory backoff stops here
 CPU_BUDGET_CAP = 3 << 29  # 1.5 GiB: on the CPU, bigger tiles buy almost no speed but cost resident memory
@@ -155,12 +156,32 @@ def available_host_memory() -> int:
         return 4 << 30
 
 
+def passes_host_bytes(model: torch.nn.Module, h: int, w: int, tile: int) -> int:
+    """Host memory of a pass run (a `Passes` cut) beyond its tiles: the float32 feature buffer over the
+    padded image, plus the output cores of about two tile rows waiting to be written back into it.
+    0 for a model without passes, or whose passes keep no features. HAT-S (288 float32 channels:
+    the block's and the group's input) holds 1.15 kB per input pixel: 18.4 GB for a 4000² image."""
+    cut = getattr(model, "cut", None)
+    if not isinstance(cut, Passes):
+        return 0
+    plan = cut.plan(model.net)
+    if len(plan.passes) < 2:
+        return 0
+    m = getattr(model, "pad_multiple", 1)
+    hp, wp = h + (-h) % m, w + (-w) % m
+    return (hp + 2 * min(tile or hp, hp)) * wp * plan.channels * 4
+
+
 def auto_tile(
-    model: torch.nn.Module, h: int, w: int, overlap: int, dtype: torch.dtype, budget: int, with_band: bool = True
+    model: torch.nn.Module, h: int, w: int, overlap: int, dtype: torch.dtype, budget: int, with_band: bool = True,
+    host_free: int | None = None, host_tiles: bool = False,
 ) -> int:
     """The core side (0 = whole image) to run: the cheapest to compute (the model's `best_tile`, else the
     whole image), or else the largest whose tile plus its float32 band of blended output rows (on the
-    run's device) fits in `budget` bytes."""
+    run's device) fits in `budget` bytes. A tiled run of a `Passes` cut also keeps its feature buffer
+    in host memory (passes_host_bytes): with `host_free`, the host memory left for it (and for the
+    tile too with `host_tiles`: on the CPU), a tile is taken only if that fits as well; -1 where no
+    tile does (the caller then runs blended tiles)."""
     scale = model.scale
 
     def cost(t: int) -> float:
@@ -171,11 +192,16 @@ def auto_tile(
             total += ((t or h) + 2 * FEATHER) * scale * w * scale * 3 * 4
         return total
 
+    def host_fits(t: int) -> bool:
+        if host_free is None or t == 0:
+            return True
+        return passes_host_bytes(model, h, w, t) + (cost(t) if host_tiles else 0) <= host_free
+
     best = getattr(model, "best_tile", None)
     cheapest = best(h, w, overlap) if best is not None else 0  # 0: the whole image costs least
-    if cost(cheapest) <= budget:
+    if cost(cheapest) <= budget and host_fits(cheapest):
         return cheapest
     t = cheapest or max(h, w)
-    while t > MIN_TILE and cost(t) > budget:
+    while t > MIN_TILE and not (cost(t) <= budget and host_fits(t)):
         t = max(MIN_TILE, int(t * 0.85))
-    return t
+    return t if host_fits(t) else -1  # over the device budget at MIN_TILE: the out-of-memory backoff decides

@@ -1,8 +1,10 @@
 """Layer passes over the whole image: the runner for a `Passes` cut (see upscale.models.tiling.PassPlan).
 
 Each pass runs over the whole image in tiles of about `side` LR pixels, each tile's window being its
-core plus the pass's halo. Between passes the features live in one float32 host buffer (H×W×C,
-whatever the device), updated in place: a tile row's new features are written back once no later
+core plus the pass's halo. The image is the one the model's forward sees: reflect-padded at the bottom
+and right to the model's `pad_multiple` (HAT's window), as SRModel.forward does, the padding cropped
+from the result. Between passes the features live in one float32 host buffer (H×W×C, whatever the
+device), updated in place: a tile row's new features are written back once no later
 window of the same pass reads its rows. Whole-image statistics are summed in float64 over every core
 (from the previous pass's output cores when pixelwise, else in a sweep of their own over the buffer),
 finished and frozen before the pass that uses them. The last pass stores the upscaled cores into the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import numpy as np
 import torch
 
 from upscale.infer.context import Context
@@ -24,9 +27,11 @@ from upscale.models.tiling import Passes, PassPlan, Statistics
 class TileWindow:
     """What a pass function sees of one tile (implements upscale.models.tiling.Window)."""
 
-    def __init__(self, ctx: Context, feats: torch.Tensor | None, box: tuple[int, int, int, int], fp32: bool):
+    def __init__(self, ctx: Context, feats: torch.Tensor | None, box: tuple[int, int, int, int],
+                 core: tuple[int, int, int, int], fp32: bool):
         self.ctx, self.feats, self.fp32 = ctx, feats, fp32
         self.top, self.bottom, self.left, self.right = box
+        self.core = core
         self.height, self.width = ctx.array.shape[:2]
 
     @property
@@ -56,11 +61,24 @@ def pass_steps(plan: PassPlan, n_cores: int) -> int:
     return (len(plan.passes) + sweeps) * n_cores
 
 
+def padded(array: np.ndarray, multiple: int) -> np.ndarray:
+    """The image as SRModel.forward pads it: bottom and right to a multiple of `multiple`, reflected
+    (replicated where the image is too small to reflect). Integers pad exactly as their floats would."""
+    h, w = array.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return array
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(array, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
 def run_passes(ctx: Context, cut: Passes, side: int) -> None:
     """Fill the context's result with the passes `cut` describes for its model's network (the context's
     input range is the network's), in tiles of about `side` LR pixels."""
     plan = cut.plan(ctx.model.net)
     fp32_plan: PassPlan | None = None
+    height, width = ctx.array.shape[:2]
+    ctx.array = padded(ctx.array, getattr(ctx.model, "pad_multiple", 1))
     h, w = ctx.array.shape[:2]
     ys, xs = aligned_cuts(h, side, plan.align), aligned_cuts(w, side, plan.align)
     cores = [(y, x) for y in itertools.pairwise(ys) for x in itertools.pairwise(xs)]
@@ -76,13 +94,17 @@ def run_passes(ctx: Context, cut: Passes, side: int) -> None:
             fp32_plan = cut.plan(ctx.fp32_model.net)
         return fp32_plan
 
-    def tiles(halo: int, compute, keep) -> None:
+    def tiles(halo: int, compute, keep, s: int = 1) -> None:
         """compute(window) over every core's window (core plus `halo`, clipped to the image), with the
-        fp32 retry; keep(output, core box, window box)."""
+        fp32 retry; keep(output, core box, window box), the window box being the core's where the output
+        is the core's only (`s`: output pixels per input pixel)."""
         for (y0, y1), (x0, x1) in cores:
+            core = (y0, y1, x0, x1)
             box = (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
-            y = ctx.forward(lambda fp32, box=box: compute(TileWindow(ctx, feats, box, fp32), fp32))
-            keep(y, (y0, y1, x0, x1), box)
+            y = ctx.forward(lambda fp32, box=box, core=core: compute(TileWindow(ctx, feats, box, core, fp32), fp32))
+            if (y.shape[-2], y.shape[-1]) == ((y1 - y0) * s, (x1 - x0) * s):
+                box = core  # apply returned the core's output only
+            keep(y, core, box)
             ctx.tick()
 
     def add(values: torch.Tensor) -> None:
@@ -100,7 +122,9 @@ def run_passes(ctx: Context, cut: Passes, side: int) -> None:
 
     def store(y: torch.Tensor, core, box) -> None:
         (y0, y1, x0, x1), (a, _, c, _), s = core, box, ctx.scale
-        ctx.store(y[:, :, (y0 - a) * s : (y1 - a) * s, (x0 - c) * s : (x1 - c) * s], y0 * s, x0 * s)
+        y1, x1 = min(y1, height), min(x1, width)  # the padding is cropped, as SRModel.forward does
+        if y0 < y1 and x0 < x1:
+            ctx.store(y[:, :, (y0 - a) * s : (y1 - a) * s, (x0 - c) * s : (x1 - c) * s], y0 * s, x0 * s)
 
     for i, step in enumerate(plan.passes):
         frozen: Any = None
@@ -119,7 +143,7 @@ def run_passes(ctx: Context, cut: Passes, side: int) -> None:
             return twin(i, fp32).passes[i].apply(win, frozen)
 
         if step.result:
-            tiles(step.halo, compute, store)
+            tiles(step.halo, compute, store, ctx.scale)
         else:
             _features_pass(ctx, step.halo, feats, h, fused, tiles, compute, add)
 

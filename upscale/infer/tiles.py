@@ -1,4 +1,4 @@
-"""Overlapping tiles, blended: the cut for networks without an exact one (HAT, PANet, --tta, --tile-overlap).
+"""Overlapping tiles, blended: the cut for networks without an exact one (PANet, --tta, --tile-overlap).
 
 Geometry (all in input pixels): the image is cut into a grid of *cores* of at most `tile` pixels per
 side. Each tile's network input is its core plus `overlap` pixels of context on every side (clipped

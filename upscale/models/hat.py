@@ -26,6 +26,7 @@ from torch import nn
 
 from upscale.errors import UpscaleError
 from upscale.models.base import NetSpec, check_scale, count_blocks, take_overrides
+from upscale.models.tiling import Pass, Passes, PassPlan, Statistics, Window
 
 ARCH = "hat"
 
@@ -69,17 +70,21 @@ def rpi_oca(window: int, overlap_window: int) -> torch.Tensor:
     return rel[0] * (ws + ows - 1) + rel[1]
 
 
-def region_labels(size: int, window: int, shift: int) -> torch.Tensor:
-    """Per-pixel region label along one axis after the cyclic shift (the authors' three slices)."""
+def region_labels(size: int, window: int, shift: int, wrapped: bool = True) -> torch.Tensor:
+    """Per-pixel region label along one axis after the cyclic shift (the authors' three slices); all 0
+    where the last window does not wrap around (a tile's window that ends inside the image)."""
     lab = torch.zeros(size, dtype=torch.long)
-    lab[size - window : size - shift] = 1
-    lab[size - shift :] = 2
+    if wrapped:
+        lab[size - window : size - shift] = 1
+        lab[size - shift :] = 2
     return lab
 
 
-def shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    """The authors' SW-MSA mask for an h×w map: (num_windows, ws², ws²), 0 or MASK_VALUE."""
-    lab = region_labels(h, window, shift)[:, None] * 3 + region_labels(w, window, shift)[None, :]
+def shift_mask(h: int, w: int, window: int, shift: int, wrapped: tuple[bool, bool] = (True, True)) -> torch.Tensor:
+    """The authors' SW-MSA mask for an h×w map: (num_windows, ws², ws²), 0 or MASK_VALUE. `wrapped`:
+    whether the last window row / column is the one that wraps around (always, for a whole image)."""
+    lab = (region_labels(h, window, shift, wrapped[0])[:, None] * 3
+           + region_labels(w, window, shift, wrapped[1])[None, :])
     lab = lab.view(h // window, window, w // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
     return torch.where(lab[:, None, :] != lab[:, :, None], MASK_VALUE, 0.0)
 
@@ -100,6 +105,10 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.attention(x)
 
+    def gate(self, mean: torch.Tensor) -> torch.Tensor:
+        """N×C×1×1 pooled mean → the gate (what `attention` makes of the pool)."""
+        return self.attention[1:](mean)
+
 
 class CAB(nn.Module):
     """Channel-attention block: 3×3 compress, GELU, 3×3 expand, channel attention."""
@@ -115,6 +124,10 @@ class CAB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cab(x)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the channel attention pools and gates (the two convolutions: a 2-pixel reach)."""
+        return self.cab[2](self.cab[1](self.cab[0](x)))
 
 
 class Mlp(nn.Module):
@@ -156,14 +169,15 @@ class Context:
             }
         return self.net._mask_cache[key]
 
-    def full_mask(self) -> torch.Tensor:
-        """The authors' whole-image mask, for the plain-math path; cached per input size."""
-        key = ("full", self.h, self.w, self.device, self.dtype)
+    def full_mask(self, h: int, w: int, wrapped: tuple[bool, bool] = (True, True)) -> torch.Tensor:
+        """The authors' whole-image mask for an h×w map, for the plain-math path; cached per size."""
+        key = ("full", h, w, wrapped, self.device, self.dtype)
         if key not in self.net._mask_cache:
             ws = self.net.window_size
             if len(self.net._mask_cache) > 16:  # many input sizes (e.g. edge tiles): keep it bounded
                 self.net._mask_cache.clear()
-            self.net._mask_cache[key] = shift_mask(self.h, self.w, ws, ws // 2).to(self.device, self.dtype)
+            mask = shift_mask(h, w, ws, ws // 2, wrapped)
+            self.net._mask_cache[key] = mask.to(self.device, self.dtype)
         return self.net._mask_cache[key]
 
 
@@ -191,8 +205,11 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, shifted: bool, ctx: Context) -> torch.Tensor:
-        """x: (b, h, w, c), already cyclically shifted when `shifted`; returns the same layout."""
+    def forward(
+        self, x: torch.Tensor, shifted: bool, ctx: Context, wrapped: tuple[bool, bool] = (True, True)
+    ) -> torch.Tensor:
+        """x: (b, h, w, c), already cyclically shifted when `shifted`; returns the same layout.
+        `wrapped`: whether the last window row / column wraps around the image (the region mask)."""
         b, h, w, c = x.shape
         ws, nh, nw, n = self.window, h // self.window, w // self.window, self.window**2
         bias = (
@@ -205,7 +222,7 @@ class WindowAttention(nn.Module):
         if ctx.impl == "math" or not shifted:
             q, k, v = (to_windows(t, ws, self.heads) for t in qkv.chunk(3, dim=-1))
             if shifted:  # the authors' way: one (windows, ws², ws²) mask added to every head
-                mask = ctx.full_mask()
+                mask = ctx.full_mask(h, w, wrapped)
                 attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias
                 attn = attn.view(b, nh * nw, self.heads, n, n) + mask[None, :, None]
                 out = attn.view(-1, self.heads, n, n).softmax(dim=-1) @ v
@@ -221,7 +238,7 @@ class WindowAttention(nn.Module):
                     continue
                 part = qkv[:, rows, cols]
                 q, k, v = (to_windows(t, ws, self.heads) for t in part.chunk(3, dim=-1))
-                mask = masks[(last_row, last_col)]
+                mask = masks[(last_row and wrapped[0], last_col and wrapped[1])]
                 o = attend(q, k, v, bias if mask is None else bias + mask, "sdpa")
                 out[:, rows, cols] = from_windows(o, b, rows.stop - rows.start, cols.stop - cols.start, ws)
         return self.proj(out)
@@ -280,14 +297,26 @@ class OCAB(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        b, h, w, c = x.shape
+        h, w = x.shape[1:3]
+        return self.forward_core(x, ctx, (0, h, 0, w))
+
+    def forward_core(self, x: torch.Tensor, ctx: Context, core: tuple[int, int, int, int]) -> torch.Tensor:
+        """The output of rows/columns `core` of x (b, h, w, c); x holds the keys' context around the core
+        (overlap pixels, fewer only where the image ends: the authors' zero padding)."""
         ws, ows, heads = self.window, self.overlap_window, self.heads
+        p = (ows - ws) // 2
+        y0, y1, x0, x1 = core
+        x = x[:, max(0, y0 - p) : y1 + p, max(0, x0 - p) : x1 + p]
+        y0, x0 = min(y0, p), min(x0, p)  # the core in the cut
+        y1, x1 = y0 + core[1] - core[0], x0 + core[3] - core[2]
+        b, c = x.shape[0], x.shape[3]
+        h, w = y1 - y0, x1 - x0
         qkv = self.qkv(self.norm1(x))
-        q = to_windows(qkv[..., :c], ws, heads)
+        q = to_windows(qkv[:, y0:y1, x0:x1, :c], ws, heads)
         # keys/values: zero padding (after the projection, as the authors' Unfold does), then
         # windows of ows² with stride ws.
-        p = (ows - ws) // 2
-        kv = F.pad(qkv[..., c:], (0, 0, p, p, p, p)).unfold(1, ows, ws).unfold(2, ows, ws)
+        pads = (0, 0, p - x0, p - (x.shape[2] - x1), p - y0, p - (x.shape[1] - y1))
+        kv = F.pad(qkv[..., c:], pads).unfold(1, ows, ws).unfold(2, ows, ws)
         kv = kv.view(b, h // ws, w // ws, 2, heads, c // heads, ows, ows)
         # one copy, head_dim last with stride 1 (fused kernels require it)
         k, v = kv.permute(3, 0, 1, 2, 4, 6, 7, 5).reshape(2, -1, heads, ows * ows, c // heads)
@@ -299,7 +328,7 @@ class OCAB(nn.Module):
             .contiguous()[None]
         )
         out = attend(q, k, v, bias, ctx.impl)
-        x = self.proj(from_windows(out, b, h, w, ws)) + x
+        x = self.proj(from_windows(out, b, h, w, ws)) + x[:, y0:y1, x0:x1]
         return x + self.mlp(self.norm2(x))
 
 
@@ -434,6 +463,160 @@ class HAT(nn.Module):
         return x / self.img_range + mean
 
 
+# ---- tiled runs: the whole image's channel attention, block by block -------------------------------
+
+
+def shifted_order(a: int, b: int, size: int, shift: int) -> tuple[list[int], bool]:
+    """Rows [a, b) of an axis of `size` rows, cut on the shifted windows' grid (or at the axis' ends), in
+    the order the whole image's cyclic shift gives them, as positions in [a, b); -1 stands for a row
+    outside the cut: the other half of the window that wraps around the image, which the region mask
+    keeps apart (its -100 leaves it a weight of e^-100). And whether the last window is that one."""
+    n = b - a
+    if a == 0 and b == size:
+        return [*range(shift, n), *range(shift)], True
+    if a == 0:
+        return [*range(shift, n), *[-1] * shift, *range(shift)], True
+    if b == size:
+        return [*range(n), *[-1] * shift], True
+    return list(range(n)), False
+
+
+def _reorder(t: torch.Tensor, dim: int, order: list[int]) -> torch.Tensor:
+    n = t.shape[dim]
+    if order == list(range(n)):
+        return t
+    idx = torch.tensor([i if i >= 0 else n for i in order], device=t.device)
+    return torch.cat([t, torch.zeros_like(t.narrow(dim, 0, 1))], dim).index_select(dim, idx)
+
+
+def _restore(t: torch.Tensor, dim: int, order: list[int]) -> torch.Tensor:
+    pos = {i: j for j, i in enumerate(order) if i >= 0}
+    if all(pos[i] == i for i in pos) and len(order) == len(pos):
+        return t
+    return t.index_select(dim, torch.tensor([pos[i] for i in range(len(pos))], device=t.device))
+
+
+def tail_halo(net: HAT) -> int:
+    """LR pixels of context per side for the last pass: the group's 3×3 conv, conv_after_body,
+    conv_before_upsample, then each upsampling conv (the HR reach over the factor, from the last back)."""
+    stages = [2] * int(math.log2(net.scale)) if net.scale & (net.scale - 1) == 0 else [net.scale]
+    up = 1  # conv_last, at the output resolution
+    for factor in reversed(stages):
+        up = math.ceil(up / factor) + 1
+    return 3 + up
+
+
+def passes(net: HAT) -> PassPlan:
+    """HAT's forward as passes over the whole (padded) image, run by upscale.infer; exact when tiled.
+
+    Each HAB's CAB gates its features by their global mean (channel attention), so one pass per HAB,
+    its mean summed first over the whole image in a sweep of its own (the CAB's two 3×3 convs reach
+    2 pixels). The features between passes are the block's input and the group's input (for the
+    RHAG residual): twice the embedding width. Cores sit on the window grid (`align`), so a plain
+    HAB's windows are the core's own; a shifted HAB needs half a window of context each side, and the
+    windows that wrap around the image are rebuilt as the whole image's cyclic shift makes them
+    (`shifted_order`); OCAB needs its overlap. The group's 3×3 conv and residual run at the start of
+    the next group's first pass (or the last pass), which runs conv_first again from the image
+    rather than keeping its output. Each pass computes its core only, but the CAB over the halo."""
+    c, ws = net.conv_first.out_channels, net.window_size
+    mean = net.mean
+    ocab_halo = (net.layers[0].residual_group.overlap_attn.overlap_window - ws) // 2
+
+    def context(x: torch.Tensor, win: Window) -> Context:
+        return Context(net, win.height, win.width, x.device, x.dtype)
+
+    def local(win: Window) -> tuple[int, int, int, int]:
+        y0, y1, x0, x1 = win.core
+        return y0 - win.top, y1 - win.top, x0 - win.left, x1 - win.left
+
+    def embed(win: Window) -> torch.Tensor:
+        img = win.image()
+        return net.conv_first((img - mean.to(img.dtype)) * net.img_range)
+
+    def first(win: Window, _) -> torch.Tensor:
+        f = net.patch_embed.norm(embed(win).permute(0, 2, 3, 1))
+        y0, y1, x0, x1 = local(win)
+        f = f[:, y0:y1, x0:x1]
+        return torch.cat([f, f], dim=-1).permute(0, 3, 1, 2)
+
+    def block_input(feats: torch.Tensor, pre: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features window (1×2C×h×w) → the block's input and the group's input, (b, h, w, c) each;
+        with `pre` (the previous group's conv), the previous group's residual first."""
+        x, g = feats[:, :c], feats[:, c:]
+        if pre is not None:
+            g = pre(x) + g  # RHAG: conv(group output) + group input = the next group's input
+            x = g
+        return x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
+
+    def cab_stats(block: HAB, pre: nn.Module | None) -> Statistics:
+        def pixels(feats: torch.Tensor) -> torch.Tensor:
+            x, _ = block_input(feats, pre)
+            return block.conv_block.pooled(block.norm1(x).permute(0, 3, 1, 2))
+
+        def finish(sums: torch.Tensor, count: int) -> torch.Tensor:
+            attention = block.conv_block.cab[3].attention  # the pool of a 1×1 mean is the mean
+            params = {k: v.float() for k, v in attention.state_dict().items()}
+            m = (sums / count).float().view(1, -1, 1, 1).to(block.norm1.weight.device)
+            return torch.func.functional_call(attention, params, (m,))
+
+        return Statistics(pixels=pixels, finish=finish, halo=2 + (pre is not None))
+
+    def hab_pass(block: HAB, pre: nn.Module | None) -> Pass:
+        s = block.shift
+
+        def apply(win: Window, gate: torch.Tensor) -> torch.Tensor:
+            x, g = block_input(win.features(), pre)
+            ctx = context(x, win)
+            y0, y1, x0, x1 = local(win)
+            y = block.norm1(x)
+            conv = block.conv_block.pooled(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)[:, y0:y1, x0:x1]
+            conv = conv * gate.to(conv.dtype).view(1, 1, 1, -1)
+            if s:  # the shifted windows over the core: half a window beyond it, clipped to the image
+                (a, b, l, r), (top, _, left, _) = shifted_box(win, s), (win.top, 0, win.left, 0)
+                rows, wrap_r = shifted_order(a, b, win.height, s)
+                cols, wrap_c = shifted_order(l, r, win.width, s)
+                t = _reorder(_reorder(y[:, a - top : b - top, l - left : r - left], 1, rows), 2, cols)
+                att = _restore(_restore(block.attn(t, True, ctx, (wrap_r, wrap_c)), 1, rows), 2, cols)
+                att = att[:, win.core[0] - a : win.core[1] - a, win.core[2] - l : win.core[3] - l]
+            else:
+                att = block.attn(y[:, y0:y1, x0:x1], False, ctx)
+            out = x[:, y0:y1, x0:x1] + att + conv * block.conv_scale
+            out = out + block.mlp(block.norm2(out))
+            return torch.cat([out, g[:, y0:y1, x0:x1]], dim=-1).permute(0, 3, 1, 2)
+
+        return Pass(max(s, 2) + (pre is not None), apply, cab_stats(block, pre))
+
+    def ocab_pass(ocab: OCAB) -> Pass:
+        def apply(win: Window, _) -> torch.Tensor:
+            x, g = block_input(win.features(), None)
+            y0, y1, x0, x1 = local(win)
+            out = ocab.forward_core(x, context(x, win), (y0, y1, x0, x1))
+            return torch.cat([out, g[:, y0:y1, x0:x1]], dim=-1).permute(0, 3, 1, 2)
+
+        return Pass(ocab_halo, apply)
+
+    def last(win: Window, _) -> torch.Tensor:
+        x, _ = block_input(win.features(), net.layers[-1].conv)
+        f = net.norm(x).permute(0, 3, 1, 2)
+        x = net.conv_after_body(f) + embed(win)
+        x = net.conv_last(net.upsample(net.conv_before_upsample(x)))
+        return x / net.img_range + mean.to(x.dtype)
+
+    steps = [Pass(1, first)]
+    for j, layer in enumerate(net.layers):
+        for k, block in enumerate(layer.residual_group.blocks):
+            steps.append(hab_pass(block, net.layers[j - 1].conv if k == 0 and j > 0 else None))
+        steps.append(ocab_pass(layer.residual_group.overlap_attn))
+    steps.append(Pass(tail_halo(net), last, result=True))
+    return PassPlan(passes=steps, channels=2 * c, align=ws)
+
+
+def shifted_box(win: Window, shift: int) -> tuple[int, int, int, int]:
+    """The shifted windows over a core (on the window grid): `shift` beyond it each side, in the image."""
+    y0, y1, x0, x1 = win.core
+    return max(0, y0 - shift), min(win.height, y1 + shift), max(0, x0 - shift), min(win.width, x1 + shift)
+
+
 # ---- reading a checkpoint ---------------------------------------------------------------------------
 
 AUTHORS_DEFAULTS = {"scale": None, "conv_scale": 0.01, "img_range": 1.0}
@@ -523,7 +706,8 @@ def build(state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> NetSpec:
         qkv_bias=config["qkv_bias"],
     )
     # No finite receptive field: CAB's channel attention pools over the whole image, and window
-    # attention depends on where the window grid falls, so tiles never match the whole exactly.
+    # attention depends on where the window grid falls: exact tiles need the passes.
     return NetSpec(
-        net=net, scale=scale, config=config, pad_multiple=window, fp16_safe=False, receptive_field=None
+        net=net, scale=scale, config=config, pad_multiple=window, fp16_safe=False, receptive_field=None,
+        cut=Passes(passes),
     )

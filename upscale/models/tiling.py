@@ -5,13 +5,13 @@ them. Everything here is plain data over the network's own modules and functions
 loops over tiles, no knowledge of devices or memory.
 
 - `Blended()`: overlapping tiles whose outputs are blended. Exact where `NetSpec.receptive_field`
-  is finite and the overlap covers it (HAT, PANet: close to, not equal to, the whole image).
+  is finite and the overlap covers it (PANet: close to, not equal to, the whole image).
 - `Streamed(nodes)`: `nodes(net)` describes the forward as row-streaming nodes (below); bands of
   rows flow through it, each layer keeping the rows of context it needs. Exact (VapSR).
 - `Passes(plan)`: `plan(net)` describes the forward as passes over the whole image, each in tiles
   with a few pixels of context, the features between passes kept in host memory, and whole-image
   statistics (pooled attention) summed over all tiles and frozen before the pass that uses them.
-  Exact (A2N).
+  Exact (A2N, HAT).
 
 A wrapper that runs the network its own way (SelfEnsemble: 8 transforms) declares its own cut.
 
@@ -88,7 +88,8 @@ class Window(Protocol):
     bottom: int
     left: int
     right: int
-    height: int  # the whole image's size
+    core: tuple[int, int, int, int]  # the core's top, bottom, left, right: the pixels kept
+    height: int  # the whole (padded) image's size
     width: int
 
     def image(self) -> torch.Tensor:
@@ -123,7 +124,8 @@ class Pass:
     """One pass over the whole image. `apply(window, frozen)` returns the window's output: the new
     features (same size as the window; they replace the feature buffer once no later tile reads the
     old ones) or, with `result=True`, the upscaled window (scale × its size), which the runner
-    stores into the result. `halo`: LR pixels of context per side `apply` needs for its core to be
+    stores into the result. It may return the core's output only instead (the core's size, or scale ×
+    it): what a pass that computes only its core (window attention) need not pad out. `halo`: LR pixels of context per side `apply` needs for its core to be
     exact. `frozen` is `stats.finish(...)`, or None without statistics."""
 
     halo: int
@@ -139,9 +141,9 @@ class PassPlan:
     carry more than the network's width: whatever a later pass needs besides (a residual group's
     input, say, beside the block's output); the last has `result=True`. Tile cores start at multiples
     of `align` LR pixels (a window-attention network sets its window size; give halos that are
-    multiples of it too, so every window starts on the grid); the image is not padded, so such a
-    network handles its own padding of the windows at the image's bottom and right edges, which it
-    can tell from `window.bottom == window.height`. Statistics that are not pixelwise (a pooled
+    multiples of it too, or use `window.core`, so every window starts on the grid). The image the passes
+    see is the one the model's forward sees, padded to its `pad_multiple` at the bottom and right
+    (`window.height` and `width` are the padded size, and statistics count its pixels). Statistics that are not pixelwise (a pooled
     mean of convolved features, as in HAT's channel attention) give their halo in `Statistics`."""
 
     passes: Sequence[Pass]
