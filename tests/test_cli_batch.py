@@ -145,8 +145,8 @@ def test_output_options_and_refusals(weights, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr == b"" and proc.stdout == b""  # -q: nothing but errors
     assert Image.open(out / "a b_big.webp").size == (16, 12)
-    # an output that would replace its input is refused, the other input still runs
-    proc = run_cli(src, tmp_path / "c.png", "--suffix", "", "-f", "png", "--weights", weights)
+    # outputs that would replace their inputs are refused (each job on its own: exit 1)
+    proc = run_cli(src, tmp_path / "c.png", "-o", tmp_path, "--suffix", "", "-f", "png", "--weights", weights)
     assert proc.returncode == 1
     assert "refusing to overwrite the input" in proc.stderr.decode()
     assert Image.open(src).size == (8, 6)

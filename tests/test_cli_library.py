@@ -128,6 +128,32 @@ def test_library_decides_the_stdout_default_and_the_name_tag(tmp_path):
     assert NearestUpscaler(model="vapsr", outscale=1.5).output_tag() == "_x1.5"
 
 
+def test_target_size_fits_inside_and_names_the_output(rng):
+    """--width/--height: the network at its scale, then a resize; the tag says which size was asked."""
+    wide = rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    cases = [({"width": 30}, (30, 15), "_w30"), ({"height": 30}, (60, 30), "_h30"),
+             ({"width": 100, "height": 30}, (60, 30), "_100x30"), ({"width": 30, "height": 100}, (30, 15), "_30x100")]
+    for kwargs, size, tag in cases:
+        up = NearestUpscaler(model="vapsr", **kwargs)
+        out = up.upscale_array(wide)
+        assert (out.shape[1], out.shape[0]) == size, kwargs
+        assert up.output_tag() == tag
+    assert NearestUpscaler(model="vapsr", tta=True).output_tag() == "_x2_tta"
+    assert NearestUpscaler(model="vapsr").output_tag("out") == "_out"  # Real-ESRGAN's in_out.png
+    assert NearestUpscaler(model="vapsr").output_tag("-big") == "-big"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"scale": 0}, {"scale": 5}, {"model": "nosuch"}, {"outscale": float("nan")}, {"outscale": 1e9},
+    {"width": 0}, {"height": 10**6}, {"width": 10, "outscale": 2.0}, {"max_pixels": -1},
+    {"precision": "fp8"}, {"tile": "abc"}, {"tile": -3}, {"tile_overlap": 1.5},
+])
+def test_impossible_settings_are_refused_at_construction(kwargs):
+    """Before the model loads: the CLI turns these into exit code 2 without importing torch."""
+    with pytest.raises(UsageError):
+        Upscaler(**kwargs)
+
+
 def test_upscale_file_never_replaces_an_existing_output_unless_asked(tmp_path, rng):
     src = tmp_path / "a.png"
     Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(src)

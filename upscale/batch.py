@@ -55,6 +55,8 @@ class Job:
     skip: str | None = None  # why it will not run (its output exists)
     error: str | None = None  # why it cannot run (decided while planning)
     kind: str = "image"  # "image", "animation" (every frame, format kept) or "video" (upscale/video.py)
+    auto: bool = False  # -f auto: the format is the input's (an image with alpha goes to PNG instead of JPEG)
+    overwrite: bool = False
 
     @property
     def output_label(self) -> str:
@@ -102,9 +104,11 @@ def collect(inputs: Sequence[str | Path], recursive: bool = False, exclude: Path
         raise UsageError("no input: give image files, folders, glob patterns, or - for standard input")
     sources: list[Source] = []
     skip_dir = exclude.resolve() if exclude is not None and exclude.is_dir() else None
-    for item in inputs:
+    for index, item in enumerate(inputs):
         text = str(item)
         path = Path(text)
+        if not text:  # Path("") is the current folder: an unset shell variable must not upscale it
+            raise UsageError("an input is an empty string: give image files, folders, glob patterns, or -")
         if text == STDIO:
             sources.append(Source(None))
         elif path.is_dir():
@@ -122,6 +126,9 @@ def collect(inputs: Sequence[str | Path], recursive: bool = False, exclude: Path
             if not found:
                 raise UsageError(f"no images match {text}")
             sources += [Source(p, _relative(p, root)) for p in found]
+        elif index == len(inputs) - 1 and sources and path.suffix.lower() in MEDIA_SUFFIXES:
+            # `upscale in.jpg out.png`: the last name, not there yet, is meant as the output
+            raise UsageError(f"input not found: {path} (to name the output file, use -o {path})")
         else:
             raise UsageError(f"input not found: {path}")
     if sum(s.path is None for s in sources) > 1:
@@ -196,59 +203,52 @@ def plan(
     `output`: None (beside each input; stdin goes to stdout), "-" (stdout, one input only), an existing
     folder / a path ending in a separator / a path without an extension / any path when there are several
     inputs (a folder, created; structure under input folders mirrored), or else one output file.
-    `tag` goes between the stem and the extension (e.g. "_x4"); `fmt` overrides the output extension.
-    An animation keeps its format unless `fmt` is given; a video keeps its container (.mkv where that
-    cannot hold `codec`) and ignores `fmt`.
+    `tag` goes between the stem and the extension (e.g. "_x4"); `fmt` overrides the output extension;
+    `fmt="auto"` keeps each input's format and extension (PNG for GIF; standard input written to standard
+    output keeps the format it arrived in, written to a folder it is PNG; -o FILE.EXT names its own).
+    An animation keeps its format unless `fmt` is given (auto: kept); a video keeps its container (.mkv
+    where that cannot hold `codec`) and ignores `fmt`.
     """
-    check_output(sources, output)
     if not include_outputs:
         left_out = set(map(id, earlier_outputs(sources, tag)))
         sources = [s for s in sources if id(s) not in left_out]
-    fmt_key = images.format_name(fmt) if fmt else None
+    to_stdout, out_dir, out_file = _destination(sources, output, tag, fmt)
+    auto = fmt is not None and fmt.lower() == images.AUTO
+    fmt_key = images.format_name(fmt) if fmt and not auto else None
     ext = images.FORMATS[fmt_key or "png"][1]
-    out_dir: Path | None = None
-    out_file: Path | None = None
-    to_stdout = False
-    if output is not None and str(output) == STDIO:
-        to_stdout = True
-    elif output is not None:
-        text = str(output)
-        path = Path(text)
-        folder_like = path.is_dir() or text.endswith(("/", os.sep)) or not path.suffix
-        if folder_like or len(sources) > 1 or any(s.rel is not None for s in sources):
-            if path.exists() and not path.is_dir():
-                raise UsageError(f"{path} is a file, but {len(sources)} inputs need an output folder")
-            if path.suffix.lower() in MEDIA_SUFFIXES and not path.is_dir():
-                raise UsageError(f"-o {path} names one file, but there are {len(sources)} inputs: give a folder")
-            out_dir = path
-        else:
-            out_file = path
-            if kind_of(sources[0].path) == "image":
-                images.format_name(fmt, path)  # an unknown extension is a usage error, found before any work
 
     jobs: list[Job] = []
     for src in sources:
         kind = kind_of(src.path)
+        own = images.input_format(src.path) if auto and src.path is not None and kind == "image" else None
         if to_stdout or (src.path is None and output is None):
-            job = Job(src, None, fmt_key or "png")
+            job = Job(src, None, own or fmt_key or "png", auto=auto, overwrite=overwrite)
             if kind != "image":  # written by seeking back (containers, Pillow's animation writers)
                 job.error = f"a{'n animation' if kind == 'animation' else ' video'} cannot go to standard output: use -o FILE"
             jobs.append(job)
             continue
-        if out_file is not None:
-            out_fmt = images.format_name(fmt, out_file) if kind == "image" else (fmt or "")
+        if out_file is not None:  # -o FILE.EXT: -f, else (also with -f auto) the extension names the format
+            out_fmt = images.format_name(fmt_key, out_file) if kind == "image" else (fmt_key or "")
             jobs.append(Job(src, out_file, out_fmt, kind=kind))
             continue
         stem = "stdin" if src.path is None else src.path.stem
-        name = output_name(stem, tag, _moving_suffix(src.path, kind, fmt_key, codec) or ext)
+        own_ext = _own_extension(src.path, own) if own else None  # type: ignore[arg-type]
+        name = output_name(stem, tag, _moving_suffix(src.path, kind, fmt_key, codec) or own_ext or ext)
         if out_dir is not None:
             sub = src.rel.parent if src.rel is not None else Path()
             dst = out_dir / sub / name
         else:
             dst = src.path.parent / name  # type: ignore[union-attr]  # stdin without -o went to stdout above
-        jobs.append(Job(src, dst, fmt_key or ("png" if kind == "image" else ""), kind=kind))
+        key = own or fmt_key or ("png" if kind == "image" else "")
+        jobs.append(Job(src, dst, key, kind=kind, auto=auto and kind == "image", overwrite=overwrite))
     _check_jobs(jobs, overwrite)
     return jobs
+
+
+def _own_extension(path: Path, fmt: str) -> str:
+    """-f auto keeps the input's spelling of the extension (`.jpeg` stays `.jpeg`); a GIF becomes `.png`."""
+    keep = images.input_format(path) == fmt and path.suffix.lower() != ".gif"  # GIF in: PNG, named so
+    return path.suffix if keep else images.FORMATS[fmt][1]
 
 
 def stdout_target(sources: Sequence[Source], output: str | Path | None, stdout: IO | None = None) -> bool:
@@ -275,10 +275,43 @@ def _moving_suffix(path: Path | None, kind: str, fmt: str | None, codec: str | N
     return images.FORMATS[fmt][1] if fmt else path.suffix.lower()
 
 
-def check_output(sources: Sequence[Source], output: str | Path | None) -> None:
-    """Combinations of inputs and -o that cannot work (checked before any model is loaded)."""
+def check_output(
+    sources: Sequence[Source], output: str | Path | None, tag: str | None = None, fmt: str | None = None
+) -> None:
+    """Combinations of inputs, -o, the name tag and the format that cannot work (checked before any model
+    is loaded; `plan` checks the same)."""
+    _destination(sources, output, tag, fmt)
+
+
+def _destination(
+    sources: Sequence[Source], output: str | Path | None, tag: str | None, fmt: str | None
+) -> tuple[bool, Path | None, Path | None]:
+    """Where outputs go: (to standard output, output folder, output file); none of them: beside the inputs."""
+    if output is not None and not str(output):
+        raise UsageError("-o is an empty string: give a file, a folder, or - for standard output")
     if output is not None and str(output) == STDIO and len(sources) != 1:
         raise UsageError(f"-o - writes one image to standard output, but there are {len(sources)} inputs")
+    if tag == "" and output is None and any(s.path is not None for s in sources):
+        raise UsageError('--suffix "" would give outputs the names of their inputs, beside them: '
+                         "give a --suffix, or -o DIR for another folder")
+    auto = fmt is not None and fmt.lower() == images.AUTO
+    fmt_key = images.format_name(fmt) if fmt and not auto else None
+    if output is None:
+        return False, None, None
+    if str(output) == STDIO:
+        return True, None, None
+    text = str(output)
+    path = Path(text)
+    folder_like = path.is_dir() or text.endswith(("/", os.sep)) or not path.suffix
+    if folder_like or len(sources) > 1 or any(s.rel is not None for s in sources):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} is a file, but {len(sources)} inputs need an output folder")
+        if path.suffix.lower() in MEDIA_SUFFIXES and not path.is_dir():
+            raise UsageError(f"-o {path} names one file, but there are {len(sources)} inputs: give a folder")
+        return False, path, None
+    if kind_of(sources[0].path) == "image":
+        images.format_name(fmt_key, path)  # an unknown extension is a usage error, found before any work
+    return False, None, path
 
 
 def earlier_outputs(sources: Sequence[Source], tag: str) -> list[Source]:
@@ -476,6 +509,8 @@ class _Stages:
     def outcome(self, job: Job, step: Callable[[], Any]) -> Any:
         try:
             return step()
+        except BrokenPipeError:  # the reader of stdout has gone: click's main ends quietly with exit 1, as cat would
+            raise
         except UpscaleError as exc:
             return Result(job.source.label, job.output_label, "failed", error=str(exc))
         except Exception as exc:  # e.g. out of memory on one huge image: report it, go on with the rest
@@ -493,6 +528,8 @@ class _Stages:
         if src.path is None:
             data = (self.stdin or sys.stdin.buffer).read()
             picture = images.decode(data, name="standard input", max_pixels=self.up.max_pixels)
+            if job.auto and job.output is None:  # -f auto to stdout: the format it arrived in
+                job.fmt = images.input_format(data=data)
         else:
             picture = images.read_image(src.path, max_pixels=self.up.max_pixels)
         return picture, time.perf_counter() - start
@@ -511,16 +548,26 @@ class _Stages:
 
     def _write(self, job: Job, size: tuple[int, int], big: images.Picture, spent: float) -> Result:
         start = time.perf_counter()
-        data, notes = images.encode(big, job.fmt, self.quality, self.png_compression)
-        if job.output is None:
+        fmt, output, switched = job.fmt, job.output, None
+        if job.auto and big.pixels.shape[2] in (2, 4) and not images.keeps_alpha(fmt):
+            fmt, switched = "png", f"{fmt.upper()} has no transparency: written as PNG to keep it"
+            if output is not None:
+                output = output.with_suffix(".png")
+                if output.exists() and not job.overwrite:
+                    return Result(job.source.label, str(output), "skipped",
+                                  error=f"{output} exists (--overwrite to replace it)")
+        data, notes = images.encode(big, fmt, self.quality, self.png_compression)
+        notes = [switched, *notes] if switched else notes
+        if output is None:
             out = self.stdout or sys.stdout.buffer
             out.write(data)
             out.flush()
         else:
-            _make_folder(job.output)
-            images.write_bytes(data, job.output)
+            _make_folder(output)
+            images.write_bytes(data, output)
         seconds = spent + time.perf_counter() - start
-        return Result(job.source.label, job.output_label, "ok", size, big.size, seconds, notes=notes)
+        label = STDIO if output is None else str(output)
+        return Result(job.source.label, label, "ok", size, big.size, seconds, notes=notes)
 
     def moving(self, job: Job) -> Result:
         start = time.perf_counter()

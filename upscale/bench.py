@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from upscale.errors import UpscaleError
+from upscale.errors import UpscaleError, UsageError
 from upscale.infer.memory import keep_freed_memory
 from upscale.models import SRModel
 
@@ -126,7 +126,7 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         w = h = 0
     if w <= 0 or h <= 0:
-        raise UpscaleError(f"size must be WxH in pixels, such as 256x256, not {text!r}")
+        raise UsageError(f"size must be WxH in pixels, such as 256x256, not {text!r}")
     return w, h
 
 

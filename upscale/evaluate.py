@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from upscale import images, metrics
-from upscale.errors import UpscaleError
+from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
     from upscale.upscaler import Upscaler
@@ -80,11 +80,17 @@ class DatasetScore:
         return out
 
 
+def check_folders(folders: list[Path]) -> None:
+    """Each dataset is a folder (checked before a model loads: a typo must not wait for a download)."""
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise UsageError(f"dataset folder not found: {folder}")
+
+
 def find_pairs(folder: str | Path, scale: int) -> list[Pair]:
     """The (LR, HR) pairs of one dataset folder at `scale`, sorted by name."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UpscaleError(f"dataset folder not found: {folder}")
+    check_folders([folder])
     lr_dir = folder / "LR_bicubic" / f"X{scale}"
     if not lr_dir.is_dir():
         raise UpscaleError(f"{folder} has no LR_bicubic/X{scale} folder; expected the layout {LAYOUT}")

@@ -19,29 +19,35 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
 from upscale import atomic
-from upscale.errors import UpscaleError
+from upscale.errors import UpscaleError, UsageError
+
+# AVIF needs a Pillow built with libavif (the PyPI wheels of Pillow ≥ 11.3 are).
+HAS_AVIF = features.check("avif")
 
 # Files a folder walk takes as images (anything else, e.g. .DS_Store or Thumbs.db, is left alone).
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"} | (
+    {".avif"} if HAS_AVIF else set())
 
 # Output formats: name → (Pillow format, file extension).
 FORMATS = {
     "png": ("PNG", ".png"),
     "jpg": ("JPEG", ".jpg"),
     "webp": ("WEBP", ".webp"),
+    "avif": ("AVIF", ".avif"),
     "tiff": ("TIFF", ".tiff"),
     "bmp": ("BMP", ".bmp"),
 }
+AUTO = "auto"  # -f auto: each output in its input's format
 _ALIASES = {"jpeg": "jpg", "jfif": "jpg", "tif": "tiff"}
 _KEEPS_16BIT = {"png", "tiff"}
-_KEEPS_ALPHA = {"png", "webp", "tiff", "bmp"}
+_KEEPS_ALPHA = {"png", "webp", "avif", "tiff", "bmp"}
 _KEEPS_GRAY = {"png", "jpg", "tiff", "bmp"}
-_KEEPS_METADATA = {"png", "jpg", "webp", "tiff"}
+_KEEPS_METADATA = {"png", "jpg", "webp", "avif", "tiff"}
 
-DEFAULT_QUALITY = {"jpg": 95, "webp": 90}
+DEFAULT_QUALITY = {"jpg": 95, "webp": 90, "avif": 90}
 # zlib level of PNG outputs. Level 1 wrote the Set5 outputs and a 2048² photo about 4× faster than
 # Pillow's default 6, for files 8-15% larger (benchmarks/bench_png.py; OpenCV also writes 1).
 DEFAULT_PNG_COMPRESSION = 1
@@ -220,17 +226,43 @@ def format_name(fmt: str | None = None, path: str | Path | None = None) -> str:
     if fmt:
         key = _ALIASES.get(fmt.lower().lstrip("."), fmt.lower().lstrip("."))
         if key not in FORMATS:
-            raise UpscaleError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
-        return key
+            raise UsageError(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)} (or auto)")
+        return _available(key)
     if path is not None and Path(path).suffix:
         suffix = Path(path).suffix.lower().lstrip(".")
         key = _ALIASES.get(suffix, suffix)
         if key not in FORMATS:
-            raise UpscaleError(
-                f"unknown output format .{suffix} for {path}: use .png, .jpg, .webp, .tiff or .bmp (or --format)"
+            raise UsageError(
+                f"unknown output format .{suffix} for {path}: use .png, .jpg, .webp, .avif, .tiff or .bmp (or --format)"
             )
-        return key
+        return _available(key)
     return "png"
+
+
+def _available(key: str) -> str:
+    if key == "avif" and not HAS_AVIF:
+        raise UsageError("this Pillow cannot write AVIF (built without libavif): upgrade it with "
+                         "`pip install -U pillow`, or choose another format")
+    return key
+
+
+def input_format(path: Path | None = None, data: bytes | None = None) -> str:
+    """The format -f auto keeps: the input file's extension (or, for bytes, what they hold); PNG for
+    what cannot be written (GIF) or is not known."""
+    if path is not None:
+        suffix = path.suffix.lower().lstrip(".")
+        key = _ALIASES.get(suffix, suffix)
+    else:
+        try:
+            with Image.open(io.BytesIO(data or b"")) as im:
+                key = {"JPEG": "jpg", "MPO": "jpg"}.get(im.format or "", (im.format or "").lower())
+        except (OSError, ValueError):
+            key = "png"
+    return key if key in FORMATS and (key != "avif" or HAS_AVIF) else "png"
+
+
+def keeps_alpha(fmt: str) -> bool:
+    return fmt in _KEEPS_ALPHA
 
 
 def encode(
@@ -271,6 +303,8 @@ def encode(
     elif fmt == "webp":
         q = quality or DEFAULT_QUALITY["webp"]
         options.update(quality=q, lossless=q >= 100, method=4)
+    elif fmt == "avif":
+        options["quality"] = quality or DEFAULT_QUALITY["avif"]
     elif fmt == "tiff" and not exif:
         options["compression"] = "tiff_deflate"  # libtiff cannot write an EXIF sub-IFD: then uncompressed
     buf = io.BytesIO()

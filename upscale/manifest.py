@@ -20,9 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from upscale.errors import UpscaleError
+from upscale.errors import UpscaleError, UsageError
 
 PACKAGED = Path(__file__).with_name("weights_manifest.json")
+DEFAULT_MODEL = "vapsr"  # what runs without -m (at its default_scale, x4)
 @dataclass(frozen=True)
 class Variant:
     """One checkpoint: a model name at one scale."""
@@ -157,7 +158,7 @@ def scales(name: str) -> list[int]:
 def _entry(name: str) -> dict[str, Any]:
     models = load_manifest()["models"]
     if name not in models:
-        raise UpscaleError(f"unknown model {name!r}; available: {', '.join(models)} (see `upscale models`)")
+        raise UsageError(f"unknown model {name!r}; available: {', '.join(models)} (see `upscale models`)")
     return models[name]
 
 
@@ -174,7 +175,7 @@ def resolve(name: str, scale: int | None = None) -> Variant:
     f = entry["files"].get(str(scale))
     if f is None:
         have = ", ".join(f"x{s}" for s in scales(name))
-        raise UpscaleError(f"{name} has no x{scale} weights; available: {have}")
+        raise UsageError(f"{name} has no x{scale} weights; available: {have}")
     return Variant(
         name=name,
         scale=int(scale),

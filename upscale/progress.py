@@ -129,7 +129,10 @@ class Display:
     def json_line(self, row: dict[str, Any], out: IO[str]) -> None:
         """One JSON object on its own line of `out`. When `out` is a terminal the bars are drawn on, they
         are taken down while it is written and drawn again below it."""
-        text = json.dumps(row, ensure_ascii=False)
+        # A file name that is not UTF-8 reaches Python as lone surrogates (surrogateescape): those, and only
+        # those, become \\udcXX escapes, so the line is valid UTF-8 and JSON, and json.loads + os.fsencode
+        # give back the exact bytes of the name.
+        text = json.dumps(row, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
         live = self.bar.live
         pause = self.enabled and live.is_started and _is_terminal(out)
         if pause:

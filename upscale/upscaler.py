@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,11 @@ if TYPE_CHECKING:
     from upscale.models import SRModel
     from upscale.video import VideoResult
 
-DEFAULT_MODEL = "vapsr"
+DEFAULT_MODEL = manifest.DEFAULT_MODEL
 ALPHA_METHODS = ("model", "resize")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # infer.PRECISIONS, known here without importing torch
+MAX_OUTSCALE = 16.0  # a 12-megapixel photo at 16x is 3 gigapixels: a larger --outscale is a typo
+MAX_SIDE = 65_535  # the largest side JPEG can hold: a larger --width/--height is a typo
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Upscaler:
     `model` is a name from the manifest (`upscale models`); `weights` a checkpoint path that replaces
     the manifest's file (the family is still checked against `model`, when one is named).
     `outscale` is the final factor (the network runs at its own scale, then a Lanczos resize);
+    `width` and/or `height` a target size instead (the network at its scale, then a Lanczos resize
+    to that width, that height, or to fit inside both keeping the aspect ratio);
     `alpha` is how transparency is upscaled: "model" (default: alpha through the network, colour
     premultiplied; two passes) or "resize" (Lanczos; one network pass instead of two); `max_pixels` guards against
     decompression bombs (None: no limit).
@@ -67,15 +73,19 @@ class Upscaler:
         precision: str = "auto",
         tile: int | str = "auto",
         tile_overlap: int | str = "auto",
+        width: int | None = None,
+        height: int | None = None,
         **overrides: Any,
     ):
         self.model_name = model or (None if weights else DEFAULT_MODEL)
         self.tta = tta
-        if outscale is not None and not outscale > 0:
-            raise UsageError(f"--outscale must be a positive number, not {outscale}")
+        # Every setting is checked here, before torch is imported or a model loads (UsageError: exit 2).
+        _check_settings(self.model_name, scale, weights, outscale, width, height, max_pixels, precision, tile,
+                        tile_overlap)
         if alpha not in ALPHA_METHODS:
             raise UsageError(f"unknown alpha method {alpha!r}: use {' or '.join(ALPHA_METHODS)}")
         self.outscale = outscale
+        self.width, self.height = width, height
         self.alpha = alpha
         self.max_pixels = max_pixels
         self.requested_scale = scale
@@ -145,9 +155,13 @@ class Upscaler:
         return from_state_dict(sd, arch=arch, scale=scale, **overrides)
 
     def output_tag(self, suffix: str | None = None) -> str:
-        """What goes between an output's stem and its extension: `suffix` when given, else `_x4`
-        (the model's scale), or `_x2.5` with an outscale."""
-        return suffix if suffix is not None else scale_suffix(self.scale, self.outscale)
+        """What goes between an output's stem and its extension (see the function `output_tag`)."""
+        return output_tag(self.scale, outscale=self.outscale, width=self.width, height=self.height, tta=self.tta,
+                          suffix=suffix)
+
+    def default_output(self, src: Path, ext: str = ".png") -> Path:
+        """`<stem><output_tag()><ext>` beside `src` (photo_x4.png, clip_w1920.mp4)."""
+        return src.with_name(f"{src.stem}{self.output_tag()}{ext}")
 
     def describe(self) -> dict[str, Any]:
         """What runs: model name, native scale, device and precision (for reports and --json)."""
@@ -192,7 +206,7 @@ class Upscaler:
         if a.dtype not in (np.uint8, np.uint16):
             raise UpscaleError(f"expected uint8 or uint16 pixels, got {a.dtype}: convert the array first")
         out = self._upscale_channels(a, progress)
-        out = self._resize_to_outscale(out, a.shape[1], a.shape[0])
+        out = self._resize_to_target(out, a.shape[1], a.shape[0])
         return out[:, :, 0] if squeeze else out
 
     def upscale_picture(self, picture: images.Picture, progress: ProgressFn | None = None) -> images.Picture:
@@ -233,10 +247,11 @@ class Upscaler:
         png_compression: int | None = None,
         overwrite: bool = False,
     ) -> Path:
-        """Upscale one image, animation or video file; the default output is `<stem>_x<scale>.png` beside
-        the input (an animation or a video keeps its own format). The output is written atomically and
-        never over the input; an existing output is replaced only with `overwrite=True` (the CLI's rule).
-        `png_compression`: zlib level 0-9 (images.DEFAULT_PNG_COMPRESSION when None).
+        """Upscale one image, animation or video file; the default output is `<stem><tag>.png` beside the
+        input (`output_tag`: _x4, _w1920 ...; an animation or a video keeps its own format). The output is
+        written atomically and never over the input; an existing output is replaced only with
+        `overwrite=True` (the CLI's rule). `png_compression`: zlib level 0-9 (images.DEFAULT_PNG_COMPRESSION
+        when None).
         (Folders, pipelined, with skipping of existing outputs and per-file reports: upscale.batch.run.)"""
         from upscale import animation, video
 
@@ -246,7 +261,7 @@ class Upscaler:
         if animation.is_animated(src):
             return self.upscale_animation(src, dst, fmt=fmt, quality=quality, progress=progress,
                                           overwrite=overwrite).output
-        dst = Path(dst) if dst is not None else default_output(src, self.scale, outscale=self.outscale)
+        dst = Path(dst) if dst is not None else self.default_output(src)
         _check_output(src, dst, overwrite)
         picture = images.read_image(src, max_pixels=self.max_pixels)
         images.check_png_compression(png_compression)
@@ -275,14 +290,14 @@ class Upscaler:
         overwrite: bool = False,
     ) -> VideoResult:
         """Upscale a video file as a stream (upscale/video.py); the default output is
-        `<stem>_x<scale>.<same container>` beside the input (.mkv where that container cannot hold
+        `<stem><tag>.<same container>` beside the input (.mkv where that container cannot hold
         `codec`). The result says what was written (`.output`), frames, fps, duration, codec."""
         from upscale import video
 
         src = Path(src)
-        scale = self.scale  # loads the model (and fails) before the output file is started
+        self.scale  # loads the model (and fails) before the output file is started  # noqa: B018
         if dst is None:
-            dst = default_output(src, scale, outscale=self.outscale, ext=video.output_suffix(src.suffix, codec))
+            dst = self.default_output(src, video.output_suffix(src.suffix, codec))
         dst = Path(dst)
         _check_output(src, dst, overwrite)
         settings = video.VideoSettings(codec=codec, crf=crf, preset=preset)
@@ -300,13 +315,13 @@ class Upscaler:
         overwrite: bool = False,
     ) -> AnimationResult:
         """Upscale every frame of an animated GIF, WebP or PNG (upscale/animation.py); the default output
-        keeps the format, `<stem>_x<scale>.<ext>` beside the input."""
+        keeps the format, `<stem><tag>.<ext>` beside the input."""
         from upscale import animation
 
         src = Path(src)
         if dst is None:
             ext = animation.FORMATS[animation.output_format(fmt, src)][1]
-            dst = default_output(src, self.scale, outscale=self.outscale, ext=ext)
+            dst = self.default_output(src, ext)
         dst = Path(dst)
         _check_output(src, dst, overwrite)
         result = animation.transcode(self.upscale_array, src, dst, fmt, quality=quality,
@@ -353,11 +368,22 @@ class Upscaler:
         color = np.where(new_alpha > 0.5 / peak, premul / np.maximum(new_alpha, 0.5 / peak), 0)
         return np.concatenate([quant(color), quant(new_alpha * peak)], axis=2)
 
-    def _resize_to_outscale(self, out: np.ndarray, width: int, height: int) -> np.ndarray:
-        if not self.outscale:
-            return out
-        size = (max(1, round(width * self.outscale)), max(1, round(height * self.outscale)))
-        if size == (out.shape[1], out.shape[0]):
+    def target_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The final (width, height) for an input of that size, or None for the model's own scale."""
+        if self.width or self.height:
+            # fit inside the box (one side given: that side exactly), keeping the aspect ratio
+            fx = self.width / width if self.width else math.inf
+            fy = self.height / height if self.height else math.inf
+            if fx <= fy:  # the width binds
+                return self.width, max(1, round(height * fx))
+            return max(1, round(width * fy)), self.height
+        if self.outscale:
+            return max(1, round(width * self.outscale)), max(1, round(height * self.outscale))
+        return None
+
+    def _resize_to_target(self, out: np.ndarray, width: int, height: int) -> np.ndarray:
+        size = self.target_size(width, height)
+        if size is None or size == (out.shape[1], out.shape[0]):
             return out
         return _resize(out, *size)
 
@@ -390,13 +416,73 @@ def _stage(progress: ProgressFn | None, index: int, count: int) -> ProgressFn | 
     return lambda done, total: progress(index * total + done, count * total)
 
 
-def default_output(
-    src: Path, scale: int, folder: Path | None = None, outscale: float | None = None, ext: str = ".png"
-) -> Path:
-    return (folder or src.parent) / f"{src.stem}{scale_suffix(scale, outscale)}{ext}"
+def output_tag(
+    scale: int, *, outscale: float | None = None, width: int | None = None, height: int | None = None,
+    tta: bool = False, suffix: str | None = None,
+) -> str:
+    """What goes between an output's stem and its extension, for every run (local or on Ray).
+
+    `suffix` when given, with an underscore in front when it starts with a letter or digit
+    (`out` → `photo_out.png`, as Real-ESRGAN names it; `-big` and `.hd` are kept as they are).
+    Else what was done: `_x4` (the model's scale), `_x2.5` (outscale), `_w1920`, `_h1080` or
+    `_1920x1080` (a target width, height, or box to fit inside), and `_tta` after it with TTA, so
+    a plain run and a TTA run never take each other's output for their own."""
+    if suffix is not None:
+        return f"_{suffix}" if suffix[:1].isalnum() else suffix
+    if width and height:
+        tag = f"_{width}x{height}"
+    elif width or height:
+        tag = f"_w{width}" if width else f"_h{height}"
+    else:
+        tag = scale_suffix(scale, outscale)
+    return tag + ("_tta" if tta else "")
 
 
 def scale_suffix(scale: int, outscale: float | None = None) -> str:
     """`_x4`, or `_x1.5` for a final factor other than the model's."""
     factor = outscale or scale
     return f"_x{factor:g}"
+
+
+def _check_settings(
+    model: str | None, scale: int | None, weights: str | Path | None, outscale: float | None,
+    width: int | None, height: int | None, max_pixels: int | None, precision: str,
+    tile: int | str, tile_overlap: int | str,
+) -> None:
+    """Reject impossible settings at once, without torch: the manifest knows each model's scales."""
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise UsageError(f"--scale must be a whole number of 1 or more, not {scale!r}")
+    if model is not None:  # an unknown model, or a scale the manifest has no weights for
+        try:
+            manifest.resolve(model, scale)
+        except UsageError as exc:
+            if weights is None or scale is None:
+                raise
+            # with --weights too: -m names the architecture, so its settings must be known for that scale
+            raise UsageError(f"{exc} (for a checkpoint of another scale, leave out -m: the architecture "
+                             "and scale are read from the file)") from None
+    if outscale is not None and not (isinstance(outscale, (int, float)) and 0 < outscale <= MAX_OUTSCALE):
+        raise UsageError(f"--outscale must be a number above 0 and at most {MAX_OUTSCALE:g}, not {outscale}")
+    for name, side in (("--width", width), ("--height", height)):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= MAX_SIDE):
+            raise UsageError(f"{name} must be a whole number of pixels from 1 to {MAX_SIDE}, not {side!r}")
+    if outscale is not None and (width or height):
+        raise UsageError("give either --outscale or --width/--height, not both")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
+        raise UsageError(f"the pixel limit must be a whole number of 0 or more, not {max_pixels!r}")
+    if str(precision or "auto").lower() not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    for name, value in (("--tile", tile), ("--tile-overlap", tile_overlap)):
+        _check_pixels(value, name)
+
+
+def _check_pixels(value: int | str | None, what: str) -> None:
+    """`auto` (or None), or a whole number of pixels, 0 or more."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number of pixels or auto, not {value!r}") from None
+    if n < 0 or isinstance(value, float):
+        raise UsageError(f"{what} must be a whole number of pixels, 0 or more, or auto, not {value!r}")

@@ -11,7 +11,11 @@ from upscale.cli.report import data_console, print_json, say
 
 HELP = ("Speed of models: input megapixels per second, peak memory, and achieved GFLOP/s as a fraction of "
         "this machine's matmul throughput (measured in the same run). Without -m: the light models on "
-        "the CPU, one of each architecture elsewhere.")
+        "the CPU, one of each architecture elsewhere.\n\n"
+        "Examples:\n\n\b\n"
+        "  upscale bench                           the default set on this machine\n"
+        "  upscale bench -m vapsr -m hat --size 512x512 --device cuda\n"
+        "  upscale bench --json                    for scripts")
 
 
 def bench_cmd(
@@ -21,7 +25,8 @@ def bench_cmd(
     device: options.Device = "auto",
     precision: options.Precision = "auto",
     repeat: Annotated[
-        int, typer.Option("--repeat", min=1, metavar="N", help="Timed runs per model (the fastest counts).")
+        int, typer.Option("--repeat", metavar="N", parser=options.whole(1, what="a number of runs"),
+                          help="Timed runs per model (the fastest counts).")
     ] = 3,
     as_json: options.Json = False,
     quiet: options.Quiet = False,

@@ -11,15 +11,20 @@ from upscale.cli import options
 from upscale.errors import UsageError
 
 HELP = ("Fetch a model's weights into the cache now, so later runs work offline; or, with --from, put a file "
-        "you downloaded yourself into the cache (checked first).")
+        "you downloaded yourself into the cache (checked first).\n\n"
+        "Examples:\n\n\b\n"
+        "  upscale download vapsr                  the default scale (x4), printed path\n"
+        "  upscale download hat --all              every scale of hat\n"
+        "  upscale download hat -s 2 --from HAT_SRx2.pth   a file you fetched yourself")
 
 
 def download_cmd(
-    name: Annotated[str, typer.Argument(help="Model name (see `upscale models`).", show_default=False)],
+    name: Annotated[str, typer.Argument(help="Model name (see `upscale models`).", show_default=False, metavar="NAME",
+                                        autocompletion=options.model_names)],
     scale: options.Scale = None,
     all_scales: Annotated[bool, typer.Option("--all", help="Every scale of the model.")] = False,
     from_file: Annotated[
-        Path | None, typer.Option("--from", help="A checkpoint file you downloaded, to register for NAME and -s.")
+        Path | None, typer.Option("--from", metavar="FILE", help="A checkpoint file you downloaded, to register for NAME and -s.")
     ] = None,
     quiet: options.Quiet = False,
     debug: options.Debug = False,

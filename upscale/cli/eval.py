@@ -11,12 +11,16 @@ from upscale.cli import options
 from upscale.cli.report import data_console, named_progress, print_json
 
 HELP = ("Score a model on benchmark datasets the papers' way: PSNR and SSIM on Y, scale pixels shaved. "
-        "DATASET has HR/<name>.png and LR_bicubic/X<s>/<name>x<s>.png.")
+        "DATASET has HR/<name>.png and LR_bicubic/X<s>/<name>x<s>.png. Without -m: vapsr at x4.\n\n"
+        "Examples:\n\n\b\n"
+        "  upscale eval Set5 Set14 -m hat -s 2     the means per dataset\n"
+        "  upscale eval Set5 --per-image --json    a row per image, for scripts\n"
+        "  upscale eval Set5 --self-ensemble       the papers' '+' rows (8x slower)")
 
 
 def eval_cmd(
     datasets: Annotated[
-        list[Path], typer.Argument(help="Dataset folders (Set5, Set14, ...).", show_default=False, metavar="DATASET")
+        list[Path], typer.Argument(help="Dataset folders (Set5, Set14, ...).", show_default=False, metavar="DATASET...")
     ],
     model: options.Model = None,
     scale: options.Scale = None,
@@ -40,6 +44,7 @@ def eval_cmd(
     from upscale import evaluate
     from upscale.upscaler import Upscaler
 
+    evaluate.check_folders(datasets)
     up = Upscaler(model=model, scale=scale, weights=weights, device=device, tta=self_ensemble, quiet=quiet,
                   precision=precision or "fp32")
     up.model  # load (and fail) before any progress display starts  # noqa: B018

@@ -9,11 +9,15 @@ from urllib.parse import urlsplit
 from upscale.cli import options
 from upscale.cli.report import data_console, print_json
 
-HELP = "The models you can use: scales, size, license, and whether the weights are cached."
+HELP = ("The models you can use: scales, size, license, and whether the weights are cached. The default "
+        "(without -m) is vapsr at x4.\n\n"
+        "Examples:\n\n\b\n"
+        "  upscale models                          the table\n"
+        "  upscale models --json                   every model and scale, for scripts")
 
 
 def models_cmd(as_json: options.Json = False, debug: options.Debug = False) -> None:
-    from upscale import cache, weights
+    from upscale import cache, manifest, weights
 
     rows = weights.catalog()
     if as_json:
@@ -21,7 +25,8 @@ def models_cmd(as_json: options.Json = False, debug: options.Debug = False) -> N
         return
     out = data_console()  # piped: never truncate
     out.print(table(rows, wide=out.width >= 120))
-    out.print(f"\n* not known for every scale.  Weights cache: {cache.cache_dir()}", highlight=False)
+    out.print(f"\nDefault (without -m): {manifest.DEFAULT_MODEL} x{manifest.default_scale(manifest.DEFAULT_MODEL)}.  "
+              f"* not known for every scale.  Weights cache: {cache.cache_dir()}", highlight=False)
 
 
 def _span(values: list[float | None], scaled: float, unit: str) -> str:

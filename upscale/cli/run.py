@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from upscale.cli import options
+from upscale.cli.options import number, whole
 from upscale.cli.report import Report, err, run_line, say
 from upscale.errors import UsageError
 
@@ -17,10 +18,13 @@ EXAMPLES = """\
 Examples:
 
 \b
-  upscale photo.png -m hat -s 4            writes photo_x4.png beside photo.png
+  upscale photo.png                        vapsr x4 (the default model): photo_x4.png
+  upscale photo.png -m hat -s 4 -o big.png
   upscale photos/ -r -o big/               a folder and its sub-folders, mirrored into big/
   upscale "shots/*.jpg" -f webp --quality 90
-  upscale photo.png --outscale 2.5         the x4 model, then a Lanczos resize to 2.5x
+  upscale photos/ -f auto                  each output in its input's format
+  upscale photo.png --outscale 2.5         the x4 model, then a Lanczos resize: photo_x2.5.png
+  upscale photo.png --width 1920           the model, then a resize to 1920 wide: photo_w1920.png
   upscale photo.png --weights my.pth       a checkpoint of your own (architecture detected)
   cat in.jpg | upscale - -o - > out.png    a pipe: logs go to stderr, the image to stdout
   upscale photos/ --json -q                one JSON object per image, for scripts
@@ -31,12 +35,17 @@ Examples:
   upscale models                           the models you can use
 
 \b
-Outputs that exist are skipped (--overwrite replaces them), so running the same
-command again after an interruption resumes. Exit codes: 0 all done, 1 some
-images failed (the others were still processed), 2 bad arguments, 130 interrupted.
+Outputs are named <stem><tag>.<ext> beside the input (or under -o DIR); the tag
+says what was done: _x4, _x2.5, _w1920, _h1080, _1920x1080 (fit inside), with
+_tta added for --tta; --suffix TEXT replaces it (_TEXT when TEXT starts with a
+letter or digit). Outputs that exist are skipped (--overwrite replaces them),
+so running the same command again after an interruption resumes.
+Exit codes: 0 all done, 1 some images failed (the others were still processed),
+2 bad arguments (found before any model loads), 130 interrupted.
 """
 
-HELP = "Upscale images (the default command: `upscale photo.png` is `upscale run photo.png`).\n\n" + EXAMPLES
+HELP = ("Upscale images (the default command: `upscale photo.png` is `upscale run photo.png`). Without -m: "
+        "vapsr at x4.\n\n" + EXAMPLES)
 
 
 def run(
@@ -62,20 +71,23 @@ def run(
     ] = False,
     suffix: Annotated[
         str | None,
-        typer.Option("--suffix", metavar="TEXT", help="Added to output names instead of _x<scale>.", show_default=False),
+        typer.Option("--suffix", metavar="TEXT", show_default=False,
+                     help="Added to output names instead of the tag (_x4 ...): `--suffix out` gives photo_out.png "
+                     "(an underscore is added before a letter or digit, as Real-ESRGAN does)."),
     ] = None,
     fmt: Annotated[
         str | None,
         typer.Option("-f", "--format", metavar="FORMAT",
-                     help="png, jpg, webp, tiff or bmp. Default: the -o extension, else png."),
+                     help="png, jpg, webp, avif, tiff or bmp; auto keeps each input's format (PNG where an image "
+                     "with transparency would go to JPEG, or for GIF). Default: the -o extension, else png."),
     ] = None,
     quality: Annotated[
         int | None,
-        typer.Option("--quality", min=1, max=100, metavar="1-100",
-                     help="JPEG/WebP quality (default 95/90; WebP 100 = lossless)."),
+        typer.Option("--quality", metavar="1-100", parser=whole(1, 100, "a quality"),
+                     help="JPEG/WebP/AVIF quality (default 95/90/90; WebP 100 = lossless)."),
     ] = None,
     png_compression: Annotated[
-        int | None, typer.Option("--png-compression", min=0, max=9, metavar="0-9",
+        int | None, typer.Option("--png-compression", metavar="0-9", parser=whole(0, 9, "a zlib level"),
                                  help="PNG zlib level: 0 fastest, 9 smallest (default 1: about 4x faster to write "
                                  "than 6, files ~10% larger).", show_default=False)
     ] = None,
@@ -88,8 +100,20 @@ def run(
     ] = False,
     outscale: Annotated[
         float | None,
-        typer.Option("--outscale", metavar="FACTOR",
-                     help="Final scale, any number: the model runs at its own scale, then a Lanczos resize."),
+        typer.Option("--outscale", metavar="FACTOR", parser=number("a factor above 0"),
+                     help="Final scale, above 0 and at most 16: the model runs at its own scale, then a Lanczos "
+                     "resize."),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", metavar="W", parser=whole(1, what="a width in pixels"),
+                     help="Final width: the model at its scale, then a Lanczos resize to W pixels wide (aspect "
+                     "ratio kept). With --height: fit inside W×H."),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option("--height", metavar="H", parser=whole(1, what="a height in pixels"),
+                     help="Final height, as --width (with both: the largest size that fits inside W×H)."),
     ] = None,
     alpha: Annotated[
         str, typer.Option("--alpha", metavar="model|resize",
@@ -98,6 +122,7 @@ def run(
     max_megapixels: Annotated[
         float | None,
         typer.Option("--max-megapixels", metavar="MP", show_default=False,
+                     parser=number("a number of megapixels, 0 or more", zero_ok=True),
                      help="Refuse larger inputs, a decompression-bomb guard (default 100; 0: none)."),
     ] = None,
     device: options.Device = "auto",
@@ -113,14 +138,15 @@ def run(
                           "ignores it.")
     ] = "auto",
     tta: Annotated[
-        bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower).")
+        bool, typer.Option("--tta", help="Average the model over the 8 flips/rotations (slightly better, 8x slower; "
+                           "outputs tagged _x4_tta, so plain outputs are kept apart).")
     ] = False,
     codec: Annotated[
         str | None, typer.Option("--codec", metavar="NAME", show_default=False,
                                  help="Video codec: h264 (default; vp9 for .webm), h265, vp9, av1 or ffv1 (lossless).")
     ] = None,
     crf: Annotated[
-        int | None, typer.Option("--crf", metavar="N", show_default=False,
+        int | None, typer.Option("--crf", metavar="N", show_default=False, parser=whole(0, what="a quality level"),
                                  help="Video quality, lower is better (default: h264 18, h265 20, vp9/av1 30).")
     ] = None,
     preset: Annotated[
@@ -154,11 +180,12 @@ def run(
     from upscale.upscaler import Upscaler
     from upscale.video import VideoSettings, check_settings
 
-    video_settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))  # before any model loads
-    limit = {} if max_megapixels is None else {"max_pixels": int(max_megapixels * 1e6) or None}
+    # Every argument is checked before the model loads (torch is imported only then): bad ones exit 2 at once.
+    video_settings = check_settings(VideoSettings(codec=codec, crf=crf, preset=preset))
+    limit = {} if max_megapixels is None else {"max_pixels": round(max_megapixels * 1e6) or None}
     settings = dict(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
                     offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                    **limit)
+                    width=width, height=height, **limit)
     if ray is not None:
         _run_on_ray(ray, ray_workers, ray_gpus_per_worker, settings, inputs or [], output, recursive=recursive,
                     suffix=suffix, fmt=fmt, quality=quality, png_compression=png_compression, overwrite=overwrite,
@@ -167,6 +194,7 @@ def run(
     if ray_workers is not None or ray_gpus_per_worker is not None:
         raise UsageError("--ray-workers and --ray-gpus-per-worker are for runs on Ray: add --ray ADDRESS")
     sources = batch.collect(inputs or [], recursive=recursive, exclude=Path(output) if output else None)
+    batch.check_output(sources, output, suffix, fmt)
     to_stdout = batch.stdout_target(sources, output, sys.stdout)  # refuses a terminal, before any work
     up = Upscaler(**settings)
     up.model  # load (and fail) before any progress display starts  # noqa: B018
@@ -192,11 +220,12 @@ def _run_on_ray(address: str, workers: str | None, gpus_per_worker: float | None
                 png_compression: int | None, overwrite: bool, json_lines: bool, quiet: bool, debug: bool) -> None:
     """The same job on Ray (upscale/distributed.py): planned here, run on the workers."""
     from upscale import distributed
-    from upscale.upscaler import scale_suffix
+    from upscale.upscaler import output_tag
 
     distributed.import_ray(address)  # without the extra: how to install it, before any work
-    tag = suffix if suffix is not None else scale_suffix(distributed.check_settings(settings, address),
-                                                         settings["outscale"])
+    scale = distributed.check_settings(settings, address)  # also checks every setting, before Ray starts
+    tag = output_tag(scale, outscale=settings["outscale"], width=settings["width"], height=settings["height"],
+                     tta=settings["tta"], suffix=suffix)
     job = distributed.plan(inputs, output, recursive=recursive, tag=tag, fmt=fmt, overwrite=overwrite)
     results = distributed.run(settings, job, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
                               quality=quality, png_compression=png_compression, debug=debug)
