@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from upscale import atomic, images, manifest
+from upscale import atomic, images, manifest, settings
 from upscale.errors import UpscaleError, UsageError
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = manifest.DEFAULT_MODEL
 ALPHA_METHODS = ("model", "resize")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # infer.PRECISIONS, known here without importing torch
 MAX_OUTSCALE = 16.0  # a 12-megapixel photo at 16x is 3 gigapixels: a larger --outscale is a typo
 MAX_SIDE = 65_535  # the largest side JPEG can hold: a larger --width/--height is a typo
 
@@ -114,12 +113,9 @@ class Upscaler:
         return self._model
 
     def _check_engine_settings(self) -> None:
-        """Reject a bad precision or tile size once, before any image runs (not once per image)."""
-        from upscale.infer import parse_pixels
-
+        """Reject a precision the device lacks (bf16) once, before any image runs (not once per image);
+        the settings themselves were checked in __init__, without torch."""
         self.resolved_precision()
-        parse_pixels(self.tile, "--tile")
-        parse_pixels(self.tile_overlap, "--tile-overlap")
 
     @property
     def scale(self) -> int:
@@ -300,8 +296,8 @@ class Upscaler:
             dst = self.default_output(src, video.output_suffix(src.suffix, codec))
         dst = Path(dst)
         _check_output(src, dst, overwrite)
-        settings = video.VideoSettings(codec=codec, crf=crf, preset=preset)
-        result = video.transcode(self.upscale_array, src, dst, settings, max_pixels=self.max_pixels, progress=progress)
+        wanted = video.VideoSettings(codec=codec, crf=crf, preset=preset)
+        result = video.transcode(self.upscale_array, src, dst, wanted, max_pixels=self.max_pixels, progress=progress)
         result.output = dst
         return result
 
@@ -470,19 +466,6 @@ def _check_settings(
         raise UsageError("give either --outscale or --width/--height, not both")
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
         raise UsageError(f"the pixel limit must be a whole number of 0 or more, not {max_pixels!r}")
-    if str(precision or "auto").lower() not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    settings.parse_precision(precision)
     for name, value in (("--tile", tile), ("--tile-overlap", tile_overlap)):
-        _check_pixels(value, name)
-
-
-def _check_pixels(value: int | str | None, what: str) -> None:
-    """`auto` (or None), or a whole number of pixels, 0 or more."""
-    if value is None or (isinstance(value, str) and value.lower() == "auto"):
-        return
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number of pixels or auto, not {value!r}") from None
-    if n < 0 or isinstance(value, float):
-        raise UsageError(f"{what} must be a whole number of pixels, 0 or more, or auto, not {value!r}")
+        settings.parse_pixels(value, name)

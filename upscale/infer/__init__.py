@@ -22,7 +22,6 @@ from upscale.infer import memory, passes, stream, tiles
 from upscale.infer.context import Context, ProgressFn, to_tensor
 from upscale.infer.device import (
     NAMES,
-    PRECISIONS,
     free_cache,
     is_oom,
     prepare,
@@ -31,6 +30,7 @@ from upscale.infer.device import (
 )
 from upscale.infer.memory import MIN_TILE, keep_freed_memory, release_freed_memory
 from upscale.models.tiling import Passes, Streamed
+from upscale.settings import PRECISIONS, parse_pixels
 
 __all__ = [
     "MIN_TILE", "NAMES", "PRECISIONS", "Context", "MemoryWarning", "NonFiniteWarning", "ProgressFn", "keep_freed_memory",
@@ -44,19 +44,6 @@ class NonFiniteWarning(UserWarning):
 
 class MemoryWarning(UserWarning):
     """The exact passes' feature buffer does not fit in host memory: blended tiles instead."""
-
-
-def parse_pixels(value: int | str | None, what: str) -> int | None:
-    """None for auto, else a non-negative int."""
-    if value is None or (isinstance(value, str) and value.lower() == "auto"):
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise UpscaleError(f"{what} must be a number of pixels or auto, not {value!r}") from None
-    if n < 0:
-        raise UpscaleError(f"{what} must be 0 or more pixels, not {n}")
-    return n
 
 
 @torch.inference_mode()

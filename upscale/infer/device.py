@@ -8,8 +8,8 @@ import weakref
 import torch
 
 from upscale.errors import UpscaleError
+from upscale.settings import parse_precision
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -85,9 +85,7 @@ def select_precision(precision: str | None, device: torch.device | str, model: t
     the device has it, else fp32; on the CPU bf16 where it is native and the family's measured cost is
     negligible (NetSpec.cpu_bf16), else fp32. fp32, fp16 and bf16 are taken as asked."""
     device = torch.device(device)
-    precision = (precision or "auto").lower()
-    if precision not in PRECISIONS:
-        raise UpscaleError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    precision = parse_precision(precision)
     if precision != "auto":
         if precision == "bf16" and not bf16_supported(device):
             raise UpscaleError(f"bf16 is not supported on {device}: use --precision fp16 or fp32")
