@@ -25,5 +25,5 @@ def parse_pixels(value: int | str | None, what: str) -> int | None:
     except (TypeError, ValueError):
         raise UsageError(f"{what} must be a number of pixels or auto, not {value!r}") from None
     if n < 0 or isinstance(value, float):
-        raise UsageError(f"{what} must be a whole number of pixels, 0 or more, or auto, not {value!r}")
+        raise UsageError(f"{what} must be 0 or more pixels (a whole number) or auto, not {value!r}")
     return n
