@@ -41,9 +41,11 @@ from upscale.infer.tiles import cuts
 from upscale.models import tiling
 
 Rows = torch.Tensor | None  # None: no rows
-# Streamed bands on the CPU: 2000-wide VapSR ×4 bands of 64 rows ran as fast as bands of 273 rows, and
-# peaked at 1.8 GB resident instead of 3.9 GB (glibc's heap fragments around bigger blocks).
-CPU_STREAM_BAND = 1 << 17  # input pixels
+# Streamed bands on the CPU: `upscale` on a 2000² PNG, VapSR ×4, 2 threads: bands of 32 rows (2^16
+# pixels) peaked at 1.41-1.46 GB resident (4 runs, 45.4-55.6 s wall) against 2.00-2.09 GB with 65 rows
+# (2^17; 2 runs, 44.8-48.2 s) and 1.84 GB with 49 rows: the kept heap grows with the band (glibc
+# fragments around big blocks), the speed hardly changes.
+CPU_STREAM_BAND = 1 << 16  # input pixels
 
 
 class RowNode:
