@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media_helpers import make_animation
+from media_helpers import Nearest, make_animation
 from PIL import Image, ImageSequence
 
-from upscale import Upscaler, animation
+from upscale import animation
 from upscale.errors import UpscaleError
-
-
-class Nearest(Upscaler):
-    @property
-    def scale(self) -> int:
-        return 2
-
-    def upscale_rgb(self, array, progress=None):
-        return array.repeat(2, axis=0).repeat(2, axis=1)
 
 
 def frames_of(path) -> tuple[list[np.ndarray], list[int], dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from media_helpers import make_clip, read_video
+from media_helpers import Nearest, make_clip, read_video
 
 from upscale import Upscaler, video
 from upscale.errors import UpscaleError, UsageError
@@ -34,17 +34,6 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def up(tiny_weights) -> Upscaler:
     return Upscaler(weights=tiny_weights, device="cpu")
-
-
-class Nearest(Upscaler):
-    """The network replaced by pixel repetition: sizes and plumbing are what is tested."""
-
-    @property
-    def scale(self) -> int:
-        return 2
-
-    def upscale_rgb(self, array, progress=None):
-        return array.repeat(2, axis=0).repeat(2, axis=1)
 
 
 def _leftovers(folder: Path) -> list[str]:
