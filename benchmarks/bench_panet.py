@@ -141,17 +141,6 @@ def dense_estimate(n: int, c: int) -> float:
     return 4 * (3 * n_keys * n * n + n_keys * 9 * c + 9 * c * n * n)
 
 
-def available_bytes() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 def spawn(method: str, n: int, c: int, chunk: int | None, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", method, str(n), str(c), str(chunk or 0), str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -161,6 +150,8 @@ def spawn(method: str, n: int, c: int, chunk: int | None, threads: int) -> dict:
 
 
 def main() -> None:
+    from upscale.infer.memory import available_host_memory
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--width", type=int, nargs="+", default=[64], help="channels C (matching width C/8)")
@@ -194,7 +185,7 @@ def main() -> None:
     print("-" * len(head))
     for n, c in cases:
         est = dense_estimate(n, c)
-        if est > min(DENSE_LIMIT, 0.6 * available_bytes()):
+        if est > min(DENSE_LIMIT, 0.6 * available_host_memory()):
             dense = {"error": f"skipped: needs ~{est / 1e9:.0f} GB"}
         else:
             dense = spawn("dense", n, c, None, a.threads)
