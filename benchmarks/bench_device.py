@@ -143,6 +143,246 @@ def folder_rows(args, device) -> None:
             print(f"| {label} | {seconds:.2f} | {count / seconds:.2f} |", flush=True)
 
 
+# ---- checks of the GPU paths (run where the device is CUDA) ----------------------------------------
+
+OFFICIAL = {"vapsr": "VapSR_X4.pth", "a2n": "aan_x3.pt"}  # in ../shared/weights: real weights, real scores
+
+
+def set5(scale: int) -> list[tuple[str, object, object]]:
+    """(name, LR, HR) uint8 arrays of Set5 at `scale`."""
+    from upscale import images
+
+    root = SHARED / "benchmarks" / "Set5"
+    out = []
+    for hr in sorted((root / "HR").glob("*.png")):
+        lr = root / "LR_bicubic" / f"X{scale}" / f"{hr.stem}x{scale}.png"
+        if lr.exists():
+            out.append((hr.stem, images.read_image(lr).pixels[..., :3], images.read_image(hr).pixels[..., :3]))
+    return out
+
+
+def checked_model(name: str):
+    """(model, source): the official weights from ../shared where there are some, else a random layout."""
+    from upscale import bench
+    from upscale.upscaler import Upscaler
+
+    path = SHARED / "weights" / OFFICIAL.get(name, "-")
+    if path.exists():
+        return Upscaler(model=name, scale=MODELS[name], weights=path, device="cpu").model, "official"
+    return bench.bench_model_for(name, MODELS[name])
+
+
+def run_counting(model, array, device, **kw):
+    """upscale_array's output and how many tiles it recomputed in fp32 (from its NonFiniteWarning)."""
+    import re
+    import warnings
+
+    from upscale import infer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = infer.upscale_array(model, array, device, **kw)
+    recomputed = 0
+    for w in caught:
+        if issubclass(w.category, infer.NonFiniteWarning):
+            recomputed += int(re.match(r"(\d+)", str(w.message)).group(1))
+    return out, recomputed
+
+
+def fidelity_rows(args, device) -> None:
+    """Reduced precision against fp32 on the device, and the device's fp32 against the CPU's fp32, on Set5."""
+    import numpy as np
+    import torch
+
+    from upscale import evaluate, metrics
+
+    print("\n### Precision on Set5 (whole images)\n")
+    print("| model | weights | precision | Set5 PSNR (Y) dB | PSNR against fp32 output dB | max level difference | "
+          "tiles recomputed in fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models or list(MODELS):
+        model, source = checked_model(name)
+        scale = model.scale
+        data = set5(scale)
+        runs = {}
+        for precision in ["cpu fp32", *supported(device, ["fp32", "fp16", "bf16"])]:
+            dev = torch.device("cpu") if precision == "cpu fp32" else device
+            if precision == "cpu fp32" and name in HEAVY:
+                continue  # minutes on the CPU at Set5 size: the GPU's fp32 is the reference for these
+            outs, recomputed = [], 0
+            for _, lr, _ in data:
+                o, r = run_counting(model, lr, dev, precision=precision.split()[-1], tile=0)
+                outs.append(o)
+                recomputed += r
+            runs[precision] = outs
+            model.to("cpu").float()
+            ref = runs.get("fp32") or runs["cpu fp32"]
+            psnr = np.mean([evaluate.score(o, hr, scale)[0] for o, (_, _, hr) in zip(outs, data)])
+            against = [metrics.psnr(*[a.astype(np.float64) for a in (o, r)]) for o, r in zip(outs, ref)]
+            diff = max(int(np.abs(o.astype(np.int32) - r).max()) for o, r in zip(outs, ref))
+            print(f"| {name} ×{scale} | {source} | {precision} | {psnr:.3f} | "
+                  f"{np.mean([min(a, 99) for a in against]):.1f} | {diff} | {recomputed} |", flush=True)
+        del model
+        torch.cuda.empty_cache()
+
+
+def recompute_rows(device) -> None:
+    """A VapSR whose first convolution is scaled by 1e5: fp16 overflows, so every tile must come back
+    recomputed in fp32 and equal the fp32 run, tiled or whole."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    print("\n### Non-finite output recomputed in fp32 (VapSR, first conv ×1e5, Set5 baby)\n")
+    print("| tiling | tiles recomputed | equal to the fp32 run |")
+    print("|---|---|---|")
+    model, _ = checked_model("vapsr")
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.net.conv_first.weight.mul_(1e5)
+        bad.net.conv_first.bias.mul_(1e5)
+    lr = set5(4)[0][1]
+    for label, kw in (("whole image", {"tile": 0}), ("blended tiles of 48, overlap 12", {"tile": 48, "tile_overlap": 12}),
+                      ("streamed bands (tile 48)", {"tile": 48})):
+        ref, _ = run_counting(bad, lr, device, precision="fp32", **kw)
+        out, recomputed = run_counting(bad, lr, device, precision="fp16", **kw)
+        same = np.array_equal(out, ref) or f"max diff {np.abs(out.astype(int) - ref).max()}"
+        print(f"| {label} | {recomputed} | {same} |", flush=True)
+
+
+def oom_rows(device) -> None:
+    """Out-of-memory backoff for real: the allocator capped at 1 GiB, a whole image asked for."""
+    import numpy as np
+    import torch
+
+    from upscale import infer
+
+    print("\n### Out-of-memory backoff (allocator capped at 1 GiB, --tile 0 asked)\n")
+    print("| model | input | precision | reference (auto tile, no cap) s | capped run s | max level difference |")
+    print("|---|---|---|---|---|---|")
+    total = torch.cuda.get_device_properties(device).total_memory
+    for name, side in (("hat-s", 1024), ("vapsr", 3000)):
+        model, _ = checked_model(name)
+        array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        t0 = time.perf_counter()
+        ref = infer.upscale_array(model, array, device, precision="fp16")
+        t_ref = time.perf_counter() - t0
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction((1 << 30) / total, device)
+        try:
+            t0 = time.perf_counter()
+            out = infer.upscale_array(model, array, device, precision="fp16", tile=0)
+            result = f"{time.perf_counter() - t0:.2f} | {np.abs(out.astype(int) - ref).max()}"
+        except Exception as exc:  # noqa: BLE001 - the check reports whatever happens
+            result = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | "
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.empty_cache()
+        print(f"| {name} | {side}² | fp16 | {t_ref:.2f} | {result} |", flush=True)
+        model.to("cpu")
+
+
+def attention_rows(device) -> None:
+    """HAT's attention on CUDA: which SDPA kernels take its bias, and what padding heads to 32 buys."""
+    from contextlib import nullcontext
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from upscale import bench
+    from upscale.models import hat
+
+    print("\n### HAT ×4 attention kernels (256² input, model forward)\n")
+    print("| precision | attention | ms | max difference to math |")
+    print("|---|---|---|---|")
+    model, _ = bench.bench_model_for("hat", 4)
+    x = torch.rand(1, 3, 256, 256, device=device)
+    for precision in supported(device, ["fp16", "bf16"]):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        m = model.to(device=device, dtype=dtype).eval()
+        xd = x.to(dtype)
+        variants = [("math", "math", None, 1), ("sdpa, torch's choice", "sdpa", None, 1),
+                    ("sdpa, heads padded to 32", "sdpa", None, 8)]
+        variants += [(f"sdpa {b.name}{', padded' if a == 8 else ''}", "sdpa", b, a)
+                     for b in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION)
+                     for a in (1, 8)]
+        ref = None
+        for label, impl, backend, align in variants:
+            m.net.attention, hat.HEAD_ALIGN = impl, align
+            try:
+                with torch.inference_mode(), (sdpa_kernel([backend]) if backend else nullcontext()):
+                    y = m(xd).float()
+                    seconds = bench.best_time(lambda m=m, xd=xd: m(xd), device, repeat=3)
+                ref = y if ref is None else ref
+                print(f"| {precision} | {label} | {seconds * 1e3:.1f} | {(y - ref).abs().max().item():.2e} |", flush=True)
+            except Exception as exc:  # noqa: BLE001 - a kernel refusing these shapes is the finding
+                print(f"| {precision} | {label} | refused: {str(exc).splitlines()[0][:90]} |  |", flush=True)
+        m.net.attention, hat.HEAD_ALIGN = "sdpa", 1
+    model.to("cpu").float()
+
+
+def layout_rows(device) -> None:
+    """channels-last against contiguous, fp16 model forward."""
+    import torch
+
+    from upscale import bench
+
+    print("\n### Memory format (fp16 model forward)\n")
+    print("| model | input | contiguous ms | channels-last ms |")
+    print("|---|---|---|---|")
+    for name in ("vapsr", "a2n", "panet", "hat-s"):
+        model, _ = bench.bench_model_for(name, MODELS[name])
+        side = 256 if name in HEAVY else 512
+        x = torch.rand(1, 3, side, side, device=device, dtype=torch.float16)
+        times = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            m = model.to(device=device, dtype=torch.float16, memory_format=fmt).eval()
+            xf = x.contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                times.append(bench.best_time(lambda m=m, xf=xf: m(xf), device, repeat=3))
+        print(f"| {name} | {side}² | {times[0] * 1e3:.1f} | {times[1] * 1e3:.1f} |", flush=True)
+        model.to("cpu")
+
+
+def compile_rows(device) -> None:
+    """torch.compile: the first call's cost and the steady speed against eager (fp16, whole image)."""
+    import torch
+
+    from upscale import bench
+
+    print("\n### torch.compile (fp16 model forward)\n")
+    print("| model | input | eager ms | first compiled call s | compiled ms |")
+    print("|---|---|---|---|---|")
+    for name, side in (("vapsr", 512), ("a2n", 512)):
+        model, _ = bench.bench_model_for(name, MODELS[name])
+        m = model.to(device=device, dtype=torch.float16).eval()
+        x = torch.rand(1, 3, side, side, device=device, dtype=torch.float16)
+        with torch.inference_mode():
+            eager = bench.best_time(lambda m=m, x=x: m(x), device, repeat=3)
+            compiled = torch.compile(m)
+            t0 = time.perf_counter()
+            compiled(x)
+            bench.sync(device)
+            first = time.perf_counter() - t0
+            steady = bench.best_time(lambda c=compiled, x=x: c(x), device, repeat=3)
+        print(f"| {name} | {side}² | {eager * 1e3:.1f} | {first:.1f} | {steady * 1e3:.1f} |", flush=True)
+        model.to("cpu")
+
+
+def check_rows(args, device) -> None:
+    """Each check on its own, so that one failing leaves the others' figures."""
+    import traceback
+
+    print("\n## Checks of the GPU paths\n")
+    for fn in (lambda: fidelity_rows(args, device), lambda: recompute_rows(device), lambda: oom_rows(device),
+               lambda: attention_rows(device), lambda: layout_rows(device), lambda: compile_rows(device)):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - report and go on
+            print("\n```\n" + traceback.format_exc()[-1500:] + "```", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -153,15 +393,20 @@ def main() -> None:
     ap.add_argument("--folder-images", type=int, default=8)
     ap.add_argument("--folder-size", type=int)
     ap.add_argument("--no-folder", action="store_true")
+    ap.add_argument("--checks", choices=["auto", "only", "no"], default="auto",
+                    help="checks of the GPU paths: auto runs them on CUDA after the tables")
     args = ap.parse_args()
 
     from upscale.infer import select_device
 
     device = select_device(args.device)
     start = time.perf_counter()
-    model_rows(args, device)
-    if not args.no_folder:
-        folder_rows(args, device)
+    if args.checks != "only":
+        model_rows(args, device)
+        if not args.no_folder:
+            folder_rows(args, device)
+    if args.checks == "only" or (args.checks == "auto" and device.type == "cuda"):
+        check_rows(args, device)
     print(f"\n(whole run {time.perf_counter() - start:.0f} s)")
 
 

@@ -35,6 +35,9 @@ DF2K_MEAN = (0.4488, 0.4371, 0.4040)
 # The authors mask cross-region pairs of a shifted window with -100, not -inf.
 MASK_VALUE = -100.0
 ATTENTION_IMPLS = ("sdpa", "math")
+# Head width the CUDA attention kernels want (HAT's heads are 30 wide): padded to a multiple of this
+# on CUDA. 1: no padding (measured in benchmarks/bench_device.py before choosing).
+HEAD_ALIGN = 1
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
@@ -45,6 +48,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     authors' default, and SDPA's).
     """
     if impl == "sdpa":
+        d = q.shape[-1]
+        pad = (-d) % HEAD_ALIGN
+        if pad and q.is_cuda:  # zero channels change no dot product; the scale stays that of d
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5)[..., :d]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias
     return attn.softmax(dim=-1) @ v
