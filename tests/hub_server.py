@@ -14,13 +14,14 @@ file_download.py):
 Every request is logged in `requests` (method, path) so tests can assert that none was made.
 `corrupt` (keys) serves altered bytes of the same size under the true digest's headers; `cut` (key →
 count) makes the next `count` transfers of that file stop half way, with the full Content-Length
-announced, and close the connection.
+announced, and close the connection. `rate` (bytes per second) paces every transfer like a slow link.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,6 +49,7 @@ class HubServer:
     cut: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     ranges: list[str] = field(default_factory=list)  # Range headers received
+    rate: float | None = None  # bytes per second for file bodies; None: as fast as the socket goes
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -184,11 +186,23 @@ def _handler(server: HubServer, role: str) -> type[BaseHTTPRequestHandler]:
             if head:
                 return
             if server.take_cut(key):  # announce everything, deliver half, hang up
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
+                self._write(body[: len(body) // 2])
                 self.close_connection = True
                 return
-            self.wfile.write(body)
+            self._write(body)
+
+        def _write(self, body: bytes) -> None:
+            if not server.rate:
+                self.wfile.write(body)
+                return
+            step = 8192  # small slices on a steady clock: what a slow link delivers
+            start = time.monotonic()
+            for i in range(0, len(body), step):
+                self.wfile.write(body[i:i + step])
+                self.wfile.flush()
+                lag = start + (i + step) / server.rate - time.monotonic()
+                if lag > 0:
+                    time.sleep(lag)
 
         def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)

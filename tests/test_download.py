@@ -7,6 +7,7 @@ files are the official checkpoints in ../shared/weights.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -503,6 +504,115 @@ def test_retries_are_announced(hub, capsys):
     weights.resolve_checkpoint("vapsr", 4)
     err = capsys.readouterr().err
     assert "connection closed after" in err and "retrying in 0 s (attempt 2 of 4)" in err
+
+
+# ---- the progress bar --------------------------------------------------------------------------------------
+
+
+class _Terminal:
+    """stderr as a terminal: what ByteBar needs to draw (into memory here)."""
+
+    def __init__(self):
+        import io
+
+        self.text = io.StringIO()
+
+    def isatty(self) -> bool:
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self.text, name)
+
+
+@pytest.fixture
+def bar_updates(monkeypatch):
+    """Every ByteBar.update (plain URLs and the Hub's bar alike) as (monotonic time, bytes)."""
+    import time
+
+    calls: list[tuple[float, int]] = []
+    real = download.ByteBar.update
+
+    def update(self, n):
+        calls.append((time.monotonic(), n))
+        real(self, n)
+
+    monkeypatch.setattr(download.ByteBar, "update", update)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["url", "hub"])
+def test_the_bar_moves_in_small_steps_on_a_slow_link(hub, tmp_path, bar_updates, path):
+    """At 2 MB/s the bar advances every few hundredths of a second, by at most STEP: before, Hub files
+    advanced once per 10 MiB (a 3 MB file in one jump at the end) and URLs once per MiB."""
+    import huggingface_hub.constants
+
+    data = os.urandom(3_000_000)
+    hub.rate = 2e6
+    if path == "url":
+        url = hub.add_url_file("slow.pth", data)
+        download.fetch_url(url, tmp_path / "slow.part", expected_size=len(data))
+    else:
+        hub.add_hub_file("test/slow", "slow.pth", data)
+        source = {"repo_id": "test/slow", "filename": "slow.pth", "revision": "main"}
+        its_own = huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE
+        assert download.fetch_hub(source, tmp_path / "hub").read_bytes() == data
+        assert huggingface_hub.constants.DOWNLOAD_CHUNK_SIZE == its_own  # put back after
+    sizes = [n for _, n in bar_updates]
+    assert sum(sizes) == len(data) and max(sizes) <= download.STEP
+    times = [t for t, _ in bar_updates]
+    # the longest wait between steps is that of one STEP at 2 MB/s (33 ms), a second with a loaded machine
+    assert max(b - a for a, b in itertools.pairwise(times)) < 1.0
+
+
+def test_the_bar_hands_rich_at_most_one_sample_per_interval(monkeypatch):
+    """Reads arrive by the hundred a second; rich gets their sum every BAR_SAMPLE_S, so its speed is an
+    average over its 30 s window rather than over its last 1000 packets."""
+    import time
+
+    from rich.progress import Progress
+
+    advanced: list[tuple[float, float]] = []
+    real = Progress.advance
+
+    def advance(self, task, n=1):
+        advanced.append((time.monotonic(), n))
+        real(self, task, n)
+
+    monkeypatch.setattr(Progress, "advance", advance)
+    monkeypatch.setattr(download.sys, "stderr", _Terminal())
+    with download.ByteBar("test", total=200 * 1000) as bar:
+        for _ in range(200):
+            bar.update(1000)
+            time.sleep(0.002)
+        assert bar.n == 200 * 1000
+    assert sum(n for _, n in advanced) == 200 * 1000  # what was pending is handed over on close
+    times = [t for t, _ in advanced[:-1]]  # the last one: at close
+    assert len(advanced) < 200 and all(b - a > download.BAR_SAMPLE_S - 0.01 for a, b in itertools.pairwise(times))
+
+
+def test_the_hub_bar_is_what_xet_downloads_drive(monkeypatch):
+    """Xet-stored Hub files report through XetDownloadProgressReporter, which uses more of tqdm than
+    update: one bar (not two rich bars at once), its total set, its postfixes taken."""
+    from types import SimpleNamespace
+
+    reporting = pytest.importorskip("huggingface_hub.utils._xet_progress_reporting")
+    monkeypatch.setattr(download.sys, "stderr", _Terminal())
+    made: list[download.ByteBar] = []
+    cls = download._hub_bar_class(False, "big.pth from the Hub")
+
+    def init(self, *args, **kwargs):
+        made.append(self)
+        download._HubBar.__init__(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", init)
+    with reporting.XetDownloadProgressReporter(reconstruction_desc="r", transfer_desc="t", total=None, log_level=30,
+                                               tqdm_class=cls) as progress:
+        for done in (0, 400, 1000):
+            progress.update_progress(SimpleNamespace(
+                total_bytes=1000, total_bytes_completed=done, total_bytes_completion_rate=1e6,
+                total_transfer_bytes_completed=done // 2, total_transfer_bytes_completion_rate=5e5))
+        assert len(made) == 1 and made[0].total == 1000 and made[0].n == 1000
+    assert made[0]._progress is None  # closed
 
 
 # ---- a read-only cache -----------------------------------------------------------------------------------

@@ -33,7 +33,14 @@ from urllib.parse import urlsplit
 from upscale import __version__
 from upscale.errors import UpscaleError
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes read from disk at a time (hashing)
+# The most bytes a transfer reads before it advances the bar: on a 1 MB/s link the bar moves ~15 times
+# a second. Ours reads whatever has arrived up to this; huggingface_hub's own is 10 MiB (see
+# _hub_reads_in_steps), which left a Hub file's bar still for 10 s at a time on such a link.
+STEP = 64 << 10
+# Rich draws 10 times a second and estimates speed from its last 1000 samples: advancing it more often
+# than this only shrinks that window to a second or two of packets and makes speed and time left jumpy.
+BAR_SAMPLE_S = 0.1
 TIMEOUT_S = 30.0
 # Waits before retry 1, 2, 3 (seconds); tests shorten them.
 RETRY_WAITS: tuple[float, ...] = (1.0, 3.0, 8.0)
@@ -88,10 +95,18 @@ def network_problem(exc: BaseException, host: str) -> NetworkError:
 
 
 class ByteBar:
-    """A rich progress bar for one transfer on stderr (bytes, speed, time left); only on a terminal."""
+    """A rich progress bar for one transfer on stderr (bytes, speed, time left); only on a terminal.
+
+    `update` may be called for every read, however small: the bytes are handed to rich at most every
+    BAR_SAMPLE_S, so its speed (and time left) is an average over the last 30 s, steady, not the rate
+    of the last few packets."""
 
     def __init__(self, description: str, total: int | None = None, quiet: bool = False, initial: int = 0):
         self._progress = None
+        self._total = total
+        self._done = initial  # bytes so far, including those not yet handed to rich
+        self._pending = 0
+        self._sampled_at = 0.0
         if quiet or not sys.stderr.isatty():  # logs get the start and end lines only
             return
         from rich.console import Console
@@ -117,19 +132,39 @@ class ByteBar:
         self._progress.start()
 
     def update(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
+        self._done += n
+        if self._progress is None:
+            return
+        self._pending += n
+        now = time.monotonic()
+        if now - self._sampled_at >= BAR_SAMPLE_S:
+            self._sampled_at = now
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._progress is not None and self._pending:
+            self._progress.advance(self._task, self._pending)
+        self._pending = 0
+
+    @property
+    def n(self) -> int:
+        return self._done
 
     def restart(self, total: int | None) -> None:
+        self._total, self._done, self._pending = total, 0, 0
         if self._progress is not None:
             self._progress.reset(self._task, total=total)
 
     def set_total(self, total: int | None) -> None:
-        if self._progress is not None and total is not None:
+        if total is None:
+            return
+        self._total = total
+        if self._progress is not None:
             self._progress.update(self._task, total=total)
 
     def close(self) -> None:
         if self._progress is not None:
+            self._hand_over()
             self._progress.stop()
             self._progress = None
 
@@ -141,13 +176,35 @@ class ByteBar:
 
 
 class _HubBar(ByteBar):
-    """What huggingface_hub takes as `tqdm_class`: it is called with tqdm's keyword arguments."""
+    """What huggingface_hub takes as `tqdm_class`: it is called with tqdm's keyword arguments, and uses
+    the part of tqdm's surface below. Its Xet downloads drive it through XetDownloadProgressReporter,
+    which sets `total`, adds speed postfixes and, because the class has `update_transfer`, makes one bar
+    for bytes written and bytes received instead of two (two rich bars cannot be live at once)."""
 
     quiet = False
     label = ""  # huggingface_hub's own description is the storage URL: show ours
 
     def __init__(self, *args: Any, total: int | None = None, initial: int = 0, desc: str = "", **_: Any):
         super().__init__(self.label or desc, total=total, quiet=self.quiet, initial=initial)
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    @total.setter
+    def total(self, total: int | None) -> None:
+        self.set_total(total)
+
+    def update_transfer(self, n: int) -> None:
+        """Bytes received (before Xet reassembles them): the bar counts the file's bytes written."""
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        """Its speed text: rich's speed column says that."""
+
+    set_transfer_postfix_str = set_postfix_str
+
+    def refresh(self, *args: Any, **kwargs: Any) -> None:
+        """Rich redraws on its own."""
 
 
 def _hub_bar_class(quiet: bool, label: str) -> type[_HubBar]:
@@ -220,7 +277,7 @@ def fetch_url(
                         if expected_size is not None and total is not None and total != expected_size:
                             raise UpscaleError(f"{url} offers {total} bytes but {name} should have "
                                                f"{expected_size}: not downloading it")
-                        while chunk := resp.read(CHUNK):
+                        while chunk := resp.read1(STEP):  # what has arrived: the bar moves as it comes
                             t.write(chunk)
                             bar.update(len(chunk))
                         if total is not None and t.have != total:
@@ -340,7 +397,7 @@ def fetch_hub(source: dict[str, Any], cache_dir: Path, *, quiet: bool = False, l
             raise
         return Path(path)
 
-    with _library_chatter_silenced():
+    with _library_chatter_silenced(), _hub_reads_in_steps():
         if local_only:
             return attempt(0)
         return with_retries(attempt, f"downloading hf://{where}", quiet)
@@ -382,6 +439,24 @@ def _library_chatter_silenced() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+@contextmanager
+def _hub_reads_in_steps() -> Iterator[None]:
+    """huggingface_hub reads a plain (non-Xet) download in chunks of constants.DOWNLOAD_CHUNK_SIZE, 10 MiB,
+    and advances its bar once per chunk; it has no parameter or variable for it, and reads the constant at
+    each download. STEP instead while it runs, so a Hub file's bar moves as smoothly as ours."""
+    from huggingface_hub import constants
+
+    before = getattr(constants, "DOWNLOAD_CHUNK_SIZE", None)
+    if not isinstance(before, int):  # a version without it: nothing to set
+        yield
+        return
+    constants.DOWNLOAD_CHUNK_SIZE = min(before, STEP)
+    try:
+        yield
+    finally:
+        constants.DOWNLOAD_CHUNK_SIZE = before
 
 
 def _first_line(exc: BaseException) -> str:
