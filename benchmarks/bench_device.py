@@ -216,7 +216,8 @@ def fidelity_rows(args, device) -> None:
                 recomputed += r
             runs[precision] = outs
             model.to("cpu").float()
-            ref = runs.get("fp32") or runs["cpu fp32"]
+            # the device's fp32 against the CPU's (TF32 would show here); reduced precision against fp32
+            ref = runs["cpu fp32"] if precision == "fp32" and "cpu fp32" in runs else runs.get("fp32", runs.get("cpu fp32"))
             psnr = np.mean([evaluate.score(o, hr, scale)[0] for o, (_, _, hr) in zip(outs, data)])
             against = [metrics.psnr(*[a.astype(np.float64) for a in (o, r)]) for o, r in zip(outs, ref)]
             diff = max(int(np.abs(o.astype(np.int32) - r).max()) for o, r in zip(outs, ref))
@@ -261,7 +262,8 @@ def oom_rows(device) -> None:
     print("\n### Out-of-memory backoff (allocator capped at 1 GiB, --tile 0 asked)\n")
     print("| model | input | precision | reference (auto tile, no cap) s | capped run s | max level difference |")
     print("|---|---|---|---|---|---|")
-    total = torch.cuda.get_device_properties(device).total_memory
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     for name, side in (("hat-s", 1024), ("vapsr", 3000)):
         model, _ = checked_model(name)
         array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
@@ -269,7 +271,7 @@ def oom_rows(device) -> None:
         ref = infer.upscale_array(model, array, device, precision="fp16")
         t_ref = time.perf_counter() - t0
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction((1 << 30) / total, device)
+        torch.cuda.set_per_process_memory_fraction((1 << 30) / total, index)
         try:
             t0 = time.perf_counter()
             out = infer.upscale_array(model, array, device, precision="fp16", tile=0)
@@ -277,7 +279,7 @@ def oom_rows(device) -> None:
         except Exception as exc:  # noqa: BLE001 - the check reports whatever happens
             result = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | "
         finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
             torch.cuda.empty_cache()
         print(f"| {name} | {side}² | fp16 | {t_ref:.2f} | {result} |", flush=True)
         model.to("cpu")

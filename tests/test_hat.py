@@ -156,3 +156,18 @@ def test_sdpa_network_equals_math_network(reference_case):
         model.net.attention = "math"
         b = model(x)
     assert (a - b).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("head_dim", [30, 6, 8])
+def test_heads_padded_for_cuda_kernels_attend_alike(head_dim):
+    """The zero-padded heads CUDA gets (hat.HEAD_ALIGN) give the unpadded result; checked here on the CPU."""
+    from upscale.models.hat import attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 3, 64, head_dim) for _ in range(3))
+    bias = torch.randn(1, 3, 64, 64)
+    plain = attend(q, k, v, bias, "sdpa", align=1)
+    padded = attend(q, k, v, bias, "sdpa", align=8)
+    assert padded.shape == plain.shape
+    assert (padded - plain).abs().max().item() < 1e-5
+    assert (plain - attend(q, k, v, bias, "math")).abs().max().item() < 1e-5

@@ -102,8 +102,10 @@ class Context:
             q = y[:, r : r + step].float()
             if self.input_range != 1.0:
                 q = q.div(self.input_range)
-            q = q.clamp(0, 1).mul_(self.peak).round_().to(wire)
-            dst[r : r + step] = q.permute(1, 2, 0).cpu().numpy()
+            q = q.clamp(0, 1).mul_(self.peak).round_().to(wire).permute(1, 2, 0)
+            if q.device.type != "cpu":  # transposed on the device: the host then copies plain rows
+                q = q.contiguous()
+            dst[r : r + step] = q.cpu().numpy()
 
     def tick(self) -> None:
         """One step done (a tile, a band, a tile of a pass)."""

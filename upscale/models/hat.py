@@ -35,22 +35,26 @@ DF2K_MEAN = (0.4488, 0.4371, 0.4040)
 # The authors mask cross-region pairs of a shifted window with -100, not -inf.
 MASK_VALUE = -100.0
 ATTENTION_IMPLS = ("sdpa", "math")
-# Head width the CUDA attention kernels want (HAT's heads are 30 wide): padded to a multiple of this
-# on CUDA. 1: no padding (measured in benchmarks/bench_device.py before choosing).
-HEAD_ALIGN = 1
+# CUDA's fused attention kernels (memory-efficient, cuDNN) refuse HAT's 30-wide heads and torch falls
+# back to unfused math; padded with zeros to a multiple of 8 they run. HAT ×4 fp16 on an H200, 256²:
+# 75.5 ms a forward against 158.7 unpadded (benchmarks/README.md). The CPU kernel takes any width.
+HEAD_ALIGN = 8
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, impl: str) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, impl: str, align: int | None = None
+) -> torch.Tensor:
     """Multi-head attention with an additive bias; q,k,v: (B, heads, tokens, head_dim).
 
     `bias` is 4-D, (1, heads, Nq, Nk): CPU's fused (flash) kernel takes only 2-D or 4-D masks and
     falls back to unfused math for a 3-D one. The scale is head_dim**-0.5 in both paths (the
-    authors' default, and SDPA's).
+    authors' default, and SDPA's). `align`: pad heads with zeros to a multiple of this (default
+    HEAD_ALIGN on CUDA, none elsewhere); zero channels change no dot product and add zero outputs.
     """
     if impl == "sdpa":
         d = q.shape[-1]
-        pad = (-d) % HEAD_ALIGN
-        if pad and q.is_cuda:  # zero channels change no dot product; the scale stays that of d
+        pad = (-d) % (align or (HEAD_ALIGN if q.is_cuda else 1))
+        if pad:
             q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=d**-0.5)[..., :d]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
