@@ -372,15 +372,56 @@ def compile_rows(device) -> None:
         model.to("cpu")
 
 
+def overhead_rows(device) -> None:
+    """Where the engine's time goes beyond the model, whole image: upload, forward, store."""
+    from functools import partial
+
+    import numpy as np
+    import torch
+
+    from upscale import bench, infer
+    from upscale.infer import device as engine
+    from upscale.infer.context import Context, to_tensor
+
+    cpu = device.type == "cpu"
+    dtype = torch.float32 if cpu else torch.float16
+    print(f"\n### The engine beyond the model (whole image, {engine.NAMES[dtype]}, ms)\n")
+    print("| model | input | upload | forward | store | engine | engine / forward |")
+    print("|---|---|---|---|---|---|---|")
+    for name, side in ((("vapsr", 64),) if cpu else (("vapsr", 512), ("vapsr", 1024), ("a2n", 512))):
+        model, _ = bench.bench_model_for(name, MODELS[name])
+        array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        run = engine.prepare(model, device, dtype)
+        out = np.empty((side * model.scale, side * model.scale, 3), np.uint8)
+        ctx = Context(run, model, array, out, device, dtype)
+        with torch.inference_mode():
+            x = to_tensor(array, device).to(dtype)
+            y = run(x).float()
+            steps = (partial(to_tensor, array, device), partial(run, x), partial(ctx.store, y, 0, 0),
+                     partial(infer.upscale_array, model, array, device, precision=engine.NAMES[dtype]))
+            t = [bench.best_time(fn, device, repeat=3) for fn in steps]
+        print(f"| {name} | {side}² | {t[0] * 1e3:.1f} | {t[1] * 1e3:.1f} | {t[2] * 1e3:.1f} | {t[3] * 1e3:.1f} | "
+              f"{t[3] / t[1]:.2f} |", flush=True)
+        del ctx, run, x, y
+        model.to("cpu")
+        engine.free_cache(device)
+
+
+CHECKS = ("fidelity", "recompute", "oom", "attention", "layout", "compile", "overhead")
+
+
 def check_rows(args, device) -> None:
     """Each check on its own, so that one failing leaves the others' figures."""
     import traceback
 
     print("\n## Checks of the GPU paths\n")
-    for fn in (lambda: fidelity_rows(args, device), lambda: recompute_rows(device), lambda: oom_rows(device),
-               lambda: attention_rows(device), lambda: layout_rows(device), lambda: compile_rows(device)):
+    runs = {"fidelity": lambda: fidelity_rows(args, device), "recompute": lambda: recompute_rows(device),
+            "oom": lambda: oom_rows(device), "attention": lambda: attention_rows(device),
+            "layout": lambda: layout_rows(device), "compile": lambda: compile_rows(device),
+            "overhead": lambda: overhead_rows(device)}
+    for name in args.check or CHECKS:
         try:
-            fn()
+            runs[name]()
         except Exception:  # noqa: BLE001 - report and go on
             print("\n```\n" + traceback.format_exc()[-1500:] + "```", flush=True)
 
@@ -397,6 +438,7 @@ def main() -> None:
     ap.add_argument("--no-folder", action="store_true")
     ap.add_argument("--checks", choices=["auto", "only", "no"], default="auto",
                     help="checks of the GPU paths: auto runs them on CUDA after the tables")
+    ap.add_argument("--check", nargs="+", choices=CHECKS, help="which checks (default: all)")
     args = ap.parse_args()
 
     from upscale.infer import select_device
