@@ -98,6 +98,12 @@ Precision = Annotated[
                  help="Number format (auto: fp16 on GPUs where the model is safe in it, else bf16; on CPUs with "
                  "native bf16, bf16 for VapSR and A2N; else fp32). fp32 gives exact fp32 output."),
 ]
+Compile = Annotated[
+    bool,
+    typer.Option("--compile", help="Compile the network with torch.compile: faster where the model runs on whole images "
+                 "or blended tiles, after a first image that takes up to a minute longer (said on stderr); falls "
+                 "back to the plain model with a warning where compiling fails."),
+]
 Json = Annotated[
     bool,
     typer.Option("--json", help="JSON on stdout, for scripts, instead of the table or lines (upscaling: one object "
