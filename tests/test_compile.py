@@ -134,3 +134,32 @@ def test_layer_progress_leaves_a_compiled_model_unhooked(one_block_vapsr):
     call = compiled.CompiledModel(model, torch.device("cpu"), torch.float32, Compiler())
     with layer_progress(call, lambda done, total: None):
         assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_model_that_keeps_compiling_runs_eagerly_after_a_few_compiles(monkeypatch, one_block_vapsr):
+    """Each compile is said; after MAX_COMPILES of them the model runs eagerly, so inputs that change at
+    every call cannot make a run spend its time compiling."""
+    callback = pytest.importorskip("torch._dynamo.callback")
+    compiled_calls = []
+
+    def compiling_every_call(module, **kwargs):
+        def call(x):
+            compiled_calls.append(x.shape)
+            with callback.callback_handler.install_callbacks(callback.CallbackTrigger.DYNAMO, "0/0"):
+                pass  # what dynamo runs around a compile
+            return module(x)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compiling_every_call)
+    model = Upscaler(weights=one_block_vapsr, device="cpu").model
+    said = []
+    call = Compiler(said.append).model(model, torch.device("cpu"), torch.float32)
+    for i in range(compiled.MAX_COMPILES + 2):
+        assert call(torch.rand(1, 3, 8 + i, 8)).shape == (1, 3, 4 * (8 + i), 32)
+    assert len(compiled_calls) == compiled.MAX_COMPILES
+    assert said[0] == "compiling vapsr for cpu, fp32: the first image takes longer"
+    assert said[2] == "compiling vapsr for cpu, fp32: again, for other image sizes"
+    assert sum(bool(re.fullmatch(r"compiled in \d+ s", s)) for s in said) == compiled.MAX_COMPILES
+    assert said[-1] == (f"vapsr for cpu, fp32 compiled {compiled.MAX_COMPILES} times, for inputs that keep "
+                        "changing: running it without torch.compile from here")

@@ -100,9 +100,9 @@ Precision = Annotated[
 ]
 Compile = Annotated[
     bool,
-    typer.Option("--compile", help="Compile the network with torch.compile: faster where the model runs on whole images "
-                 "or blended tiles, after a first image that takes up to a minute longer (said on stderr); falls "
-                 "back to the plain model with a warning where compiling fails."),
+    typer.Option("--compile", help="Run the network through torch.compile where it runs on whole images or blended "
+                 "tiles (meant for GPUs: no faster on the CPU as measured). The first image takes up to a minute "
+                 "longer, said on stderr; where compiling fails, a warning and the plain model."),
 ]
 Json = Annotated[
     bool,

@@ -7,8 +7,9 @@ a time and run as they do without it.
 
 The cost: the first call of each (model, device, dtype) traces and compiles the network, which takes
 seconds to a minute (benchmarks/README.md); the notice says so when compiling starts and how long it
-took when it ends. A second input size compiles once more, with dynamic sizes (torch's automatic
-dynamic shapes), which later sizes reuse; frames of a video and tiles of one size reuse the first.
+took when it ends. A second input size compiles once more, for any height and width (dynamic shapes),
+which later sizes reuse; frames of a video and tiles of one size reuse the first compile. At most
+MAX_COMPILES compiles per model, then it runs eagerly.
 (inductor's `freezing`, weights folded into the graph, measured no faster for VapSR on the CPU: off.)
 
 Failure: torch.compile reports most problems (no C compiler, an unsupported platform, an operator the
@@ -30,6 +31,10 @@ import torch
 from upscale.infer.device import NAMES, is_oom
 
 Notice = Callable[[str], None]  # a line for the user (the CLI prints it on stderr)
+# Compiles of one model before it runs eagerly instead: its first input size, any size (dynamic), and
+# two more for what a size can change in the graph (HAT's padding to its window: none, reflect or
+# replicate). A model that needs more would spend the run compiling.
+MAX_COMPILES = 4
 
 
 class CompileWarning(UserWarning):
@@ -58,6 +63,19 @@ class Compiler:
             self.notice(text)
 
 
+def _any_size(x: torch.Tensor, first: tuple[int, ...]) -> None:
+    """Mark an input unlike the first as of any height and width (and batch, where that changed), so that
+    the compile it causes serves every later size. Left to itself, dynamo makes dynamic only the sides
+    that changed: 256² then 192×256 then 240×200 compiled three times."""
+    mark = getattr(torch._dynamo, "maybe_mark_dynamic", None)
+    if mark is None:  # torch before 2.2: dynamo's own choice
+        return
+    for dim in (2, 3) if x.dim() == 4 else ():
+        mark(x, dim)
+    if x.shape[0] != first[0]:
+        mark(x, 0)
+
+
 class CompiledModel:
     """A prepared model and its compiled twin. Calls go to the compiled one until it fails once; other
     attributes (scale, pad_multiple, ...) are the model's. Not an nn.Module, on purpose: layer progress
@@ -68,6 +86,7 @@ class CompiledModel:
         self.what = f"{getattr(module, 'arch', type(module).__name__)} for {device}, {NAMES.get(dtype, dtype)}"
         self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.calls = 0
+        self.compiles = 0  # calls that compiled
         try:
             # dynamic=None: the first size compiled for that size; a second one compiles for any size
             self.compiled = torch.compile(module, dynamic=None)
@@ -82,14 +101,23 @@ class CompiledModel:
             return self.module(x)
         first = self.calls == 0
         self.calls += 1
+        if first:
+            self.first_shape = tuple(x.shape)
+        elif tuple(x.shape) != self.first_shape:
+            _any_size(x, self.first_shape)
         try:
             with self._watch(first):
-                return self.compiled(x)
+                y = self.compiled(x)
         except Exception as exc:
             if is_oom(exc):  # the caller retries with smaller tiles
                 raise
             self._fail(exc)
             return self.module(x)
+        if self.compiles >= MAX_COMPILES:
+            self.compiled = None
+            self.compiler.say(f"{self.what} compiled {self.compiles} times, for inputs that keep changing: "
+                              "running it without torch.compile from here")
+        return y
 
     @contextmanager
     def _watch(self, first: bool):
@@ -103,6 +131,7 @@ class CompiledModel:
 
         def started(*_: object) -> None:
             if not span:
+                self.compiles += 1
                 self.compiler.say(f"compiling {self.what}: "
                                   + ("the first image takes longer" if first else "again, for other image sizes"))
             span.append(time.perf_counter())
