@@ -163,3 +163,22 @@ def test_a_model_that_keeps_compiling_runs_eagerly_after_a_few_compiles(monkeypa
     assert sum(bool(re.fullmatch(r"compiled in \d+ s", s)) for s in said) == compiled.MAX_COMPILES
     assert said[-1] == (f"vapsr for cpu, fp32 compiled {compiled.MAX_COMPILES} times, for inputs that keep "
                         "changing: running it without torch.compile from here")
+
+
+@pytest.mark.parametrize(("tile", "overlap", "calls"), [
+    (0, "auto", 1),  # the whole image: one call of the whole network
+    (8, 4, 4),  # blended tiles (an overlap given): one call per tile, 2×2 tiles
+    (8, "auto", 0),  # VapSR tiled streams rows through the network's own layers: not compiled
+])
+def test_what_runs_compiled(monkeypatch, one_block_vapsr, tile, overlap, calls):
+    seen = []
+
+    def counting_compile(module, **kwargs):
+        return lambda x: seen.append(tuple(x.shape)) or module(x)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    model = Upscaler(weights=one_block_vapsr, device="cpu").model
+    array = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = upscale_array(model, array, precision="fp32", tile=tile, tile_overlap=overlap, compiler=Compiler())
+    np.testing.assert_array_equal(out, upscale_array(model, array, precision="fp32", tile=tile, tile_overlap=overlap))
+    assert len(seen) == calls, seen
