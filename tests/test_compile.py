@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -182,3 +183,16 @@ def test_what_runs_compiled(monkeypatch, one_block_vapsr, tile, overlap, calls):
     out = upscale_array(model, array, precision="fp32", tile=tile, tile_overlap=overlap, compiler=Compiler())
     np.testing.assert_array_equal(out, upscale_array(model, array, precision="fp32", tile=tile, tile_overlap=overlap))
     assert len(seen) == calls, seen
+
+
+def test_without_compile_callbacks_only_the_first_call_is_said(monkeypatch, one_block_vapsr):
+    """torch before 2.4 has no compile callbacks: the first call is taken to compile, later ones say nothing."""
+    monkeypatch.setitem(sys.modules, "torch._dynamo.callback", None)  # its import fails
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    model = Upscaler(weights=one_block_vapsr, device="cpu").model
+    said = []
+    call = Compiler(said.append).model(model, torch.device("cpu"), torch.float32)
+    for _ in range(3):
+        call(torch.rand(1, 3, 8, 8))
+    assert said[0] == "compiling vapsr for cpu, fp32: the first image takes longer"
+    assert len(said) == 2 and re.fullmatch(r"compiled in \d+ s", said[1]), said

@@ -32,8 +32,8 @@ from upscale.infer.device import NAMES, is_oom
 
 Notice = Callable[[str], None]  # a line for the user (the CLI prints it on stderr)
 # Compiles of one model before it runs eagerly instead: its first input size, any size (dynamic), and
-# two more for what a size can change in the graph (HAT's padding to its window: none, reflect or
-# replicate). A model that needs more would spend the run compiling.
+# two more for what else a size can change in the graph (HAT's padding to its window, say). A model
+# that needs more would spend the run compiling.
 MAX_COMPILES = 4
 
 
@@ -137,7 +137,8 @@ class CompiledModel:
             span.append(time.perf_counter())
 
         def ended(*_: object) -> None:
-            span.append(time.perf_counter())
+            if span:
+                span.append(time.perf_counter())
 
         if callback_handler is None:
             if first:
