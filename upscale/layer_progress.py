@@ -18,8 +18,10 @@ _COUNTED = (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
 
 @contextmanager
 def layer_progress(model: nn.Module, progress: ProgressFn | None) -> Iterator[None]:
-    """Within the block, each forward pass of `model` reports (layers done, layers in all) to `progress`."""
-    layers = [m for m in model.modules() if isinstance(m, _COUNTED)] if progress is not None else []
+    """Within the block, each forward pass of `model` reports (layers done, layers in all) to `progress`.
+    A compiled model (upscale.infer.compiled, not an nn.Module) runs as one graph: no layers to count."""
+    counted = progress is not None and isinstance(model, nn.Module)
+    layers = [m for m in model.modules() if isinstance(m, _COUNTED)] if counted else []
     if not layers:
         yield
         return

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ class Upscaler:
     premultiplied; two passes) or "resize" (Lanczos; one network pass instead of two); `max_pixels` guards against
     decompression bombs (None: no limit).
     `tta=True` averages the model over the 8 flips/rotations of the input (8× the time; upscale/ensemble.py).
+    `compile=True` runs the network through torch.compile where it is called whole (an image or a blended
+    tile; upscale/infer/compiled.py): the first image takes longer, which is said on stderr unless `quiet`.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Upscaler:
         tile_overlap: int | str = "auto",
         width: int | None = None,
         height: int | None = None,
+        compile: bool = False,
         **overrides: Any,
     ):
         self.model_name = model or (None if weights else DEFAULT_MODEL)
@@ -94,6 +98,8 @@ class Upscaler:
         self.quiet = quiet  # no download progress or notices
         # inference settings (upscale/infer): auto, or fp32/fp16/bf16; tile and overlap in input pixels
         self.precision, self.tile, self.tile_overlap = precision, tile, tile_overlap
+        self.compile = compile
+        self._compiler = None  # upscale.infer.Compiler, made on first use (it imports torch)
         self.overrides = overrides
         self._model: SRModel | None = None
         self._device = None
@@ -187,10 +193,19 @@ class Upscaler:
         from upscale.infer import upscale_array
 
         model = self.model
+        if self.compile and self._compiler is None:
+            from upscale.infer import Compiler
+
+            self._compiler = Compiler(notice=self._notice)
         return upscale_array(
             model, array, device=self.device, progress=progress,
-            precision=self.precision, tile=self.tile, tile_overlap=self.tile_overlap,
+            precision=self.precision, tile=self.tile, tile_overlap=self.tile_overlap, compiler=self._compiler,
         )
+
+    def _notice(self, text: str) -> None:
+        """A line about the run on stderr (compiling), unless quiet; stdout carries only data."""
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
 
     def upscale_array(self, array: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
         """Any H×W or H×W×C image (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; uint8 or uint16) → the same

@@ -98,6 +98,12 @@ Precision = Annotated[
                  help="Number format (auto: fp16 on GPUs where the model is safe in it, else bf16; on CPUs with "
                  "native bf16, bf16 for VapSR and A2N; else fp32). fp32 gives exact fp32 output."),
 ]
+Compile = Annotated[
+    bool,
+    typer.Option("--compile", help="Run the network through torch.compile where it runs on whole images or blended "
+                 "tiles (meant for GPUs: no faster on the CPU as measured). The first image takes up to a minute "
+                 "longer, said on stderr; where compiling fails, a warning and the plain model."),
+]
 Json = Annotated[
     bool,
     typer.Option("--json", help="JSON on stdout, for scripts, instead of the table or lines (upscaling: one object "

@@ -127,6 +127,7 @@ def run(
     ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "auto",
+    compile_: options.Compile = False,
     tile: Annotated[
         str, typer.Option("--tile", metavar="N|auto",
                           help="Tile side in input pixels (0: whole image; auto: from free memory).")
@@ -185,7 +186,7 @@ def run(
     limit = {} if max_megapixels is None else {"max_pixels": round(max_megapixels * 1e6) or None}
     settings = dict(model=model, scale=scale, weights=weights, device=device, outscale=outscale, alpha=alpha,
                     offline=offline, quiet=quiet, tta=tta, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                    width=width, height=height, **limit)
+                    width=width, height=height, compile=compile_, **limit)
     if ray is not None:
         _run_on_ray(ray, ray_workers, ray_gpus_per_worker, settings, inputs or [], output, recursive=recursive,
                     suffix=suffix, fmt=fmt, quality=quality, png_compression=png_compression, overwrite=overwrite,

@@ -6,8 +6,9 @@
 The model says how a big image may be cut (its `cut`, from NetSpec: see upscale.models.tiling); this
 package runs it. Modules: device (device and precision choice, prepared copies, out-of-memory
 detection), memory (memory model, budgets, the auto tile, the host allocator), context (one run:
-windows in, fp32 retry, integer result out, progress), and the three runners over a context: tiles
-(overlapping blended tiles), stream (row streaming), passes (layer passes).
+windows in, fp32 retry, integer result out, progress), the three runners over a context: tiles
+(overlapping blended tiles), stream (row streaming), passes (layer passes), and compiled (torch.compile
+of the model the tiles runner calls, opt in).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from upscale.errors import UpscaleError
 from upscale.infer import memory, passes, stream, tiles
+from upscale.infer.compiled import Compiler, CompileWarning
 from upscale.infer.context import Context, ProgressFn, to_tensor
 from upscale.infer.device import (
     NAMES,
@@ -33,8 +35,8 @@ from upscale.models.tiling import Passes, Streamed
 from upscale.settings import PRECISIONS, parse_pixels
 
 __all__ = [
-    "MIN_TILE", "NAMES", "PRECISIONS", "Context", "MemoryWarning", "NonFiniteWarning", "ProgressFn", "keep_freed_memory",
-    "parse_pixels", "release_freed_memory", "select_device", "select_precision", "to_tensor", "upscale_array",
+    "MIN_TILE", "NAMES", "PRECISIONS", "CompileWarning", "Compiler", "Context", "MemoryWarning", "NonFiniteWarning",
+    "ProgressFn", "keep_freed_memory", "parse_pixels", "release_freed_memory", "select_device", "select_precision", "to_tensor", "upscale_array",
 ]
 
 
@@ -56,6 +58,7 @@ def upscale_array(
     precision: str = "auto",
     tile: int | str | None = "auto",
     tile_overlap: int | str | None = "auto",
+    compiler: Compiler | None = None,
 ) -> np.ndarray:
     """Upscale an H×W×3 uint8/uint16 array by `model.scale`; returns the same integer type.
 
@@ -67,7 +70,9 @@ def upscale_array(
     (then blended tiles, with a MemoryWarning).
     precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile that comes out non-finite in
     reduced precision is recomputed in fp32, with one warning.
-    On out-of-memory the tile side is halved and the image restarted, down to 32 pixels."""
+    On out-of-memory the tile side is halved and the image restarted, down to 32 pixels.
+    compiler: where given, the model runs compiled (torch.compile) where it is called whole on an image or
+    a blended tile; streamed rows and exact passes run as without it (see upscale.infer.compiled)."""
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 array, got shape {array.shape}")
     if array.dtype not in (np.uint8, np.uint16):
@@ -104,12 +109,14 @@ def upscale_array(
         )
 
     try:
-        return _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, overlap_given is None, exact)
+        return _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, overlap_given is None, exact,
+                    compiler)
     finally:
         release_freed_memory()  # kept for speed during the run, not after it (see memory)
 
 
-def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, auto_overlap, exact=True) -> np.ndarray:
+def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, auto_overlap, exact=True,
+         compiler=None) -> np.ndarray:
     """The run with the runner the model's cut calls for, retried with smaller tiles on out-of-memory."""
     h, w = array.shape[:2]
     fp32_model = prepare(model, device, torch.float32)
@@ -130,6 +137,8 @@ def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, aut
                 plan = stream.stream_plan(run_model, node, h, w, tile_given and tile_n, dtype, budget)
                 stream.run_stream(ctx, node, plan)
             else:
+                if compiler is not None:  # the one runner that calls the whole network: it compiles as one graph
+                    ctx.model = compiler.model(run_model, device, dtype)
                 tiles.run_tiles(ctx, tiles.Tiling(tile_n, overlap, tiles.feather_for(run_model, overlap)))
             break
         except Exception as exc:  # only out-of-memory is retried
