@@ -370,6 +370,24 @@ def compile_rows(device) -> None:
             steady = bench.best_time(lambda c=compiled, x=x: c(x), device, repeat=3)
         print(f"| {name} | {side}² | {eager * 1e3:.1f} | {first:.1f} | {steady * 1e3:.1f} |", flush=True)
         model.to("cpu")
+    # what `--compile` does: the engine's whole-image path with a Compiler, against the same path eager
+    import numpy as np
+
+    from upscale import infer
+    from upscale.infer.compiled import Compiler
+
+    model, _ = bench.bench_model_for("vapsr", 4)
+    array = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    compiler = Compiler(notice=lambda text: log(f"compiler: {text}"))
+    eager = bench.best_time(lambda: infer.upscale_array(model, array, device, precision="fp16"), device, repeat=3)
+    t0 = time.perf_counter()
+    first_out = infer.upscale_array(model, array, device, precision="fp16", compiler=compiler)
+    first = time.perf_counter() - t0
+    steady = bench.best_time(lambda: infer.upscale_array(model, array, device, precision="fp16", compiler=compiler),
+                             device, repeat=3)
+    diff = np.abs(first_out.astype(int) - infer.upscale_array(model, array, device, precision="fp16")).max()
+    print(f"| vapsr, engine (`--compile`), max level difference {diff} | 512² | {eager * 1e3:.1f} | {first:.1f} | "
+          f"{steady * 1e3:.1f} |", flush=True)
 
 
 def overhead_rows(device) -> None:
