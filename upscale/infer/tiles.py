@@ -8,7 +8,8 @@ where it has at least `overlap - feather` pixels of context. For a model with a 
 field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result. Outputs
 are blended with complementary sin² ramps, accumulated in float32 one row of tiles at a time, and
 each finished band of output rows is rounded into the integer result, so no full-resolution float
-image is ever held.
+image is ever held. On a GPU the tiles of a row whose windows have the same shape run several to a
+forward (`Tiling.batch`, sized by memory.tile_batch), and are still blended one by one, in order.
 """
 
 from __future__ import annotations
