@@ -70,7 +70,9 @@ def upscale_array(
     (then blended tiles, with a MemoryWarning).
     precision: auto, fp32, fp16 or bf16 (see `select_precision`); a tile that comes out non-finite in
     reduced precision is recomputed in fp32, with one warning.
-    On out-of-memory the tile side is halved and the image restarted, down to 32 pixels.
+    Blended tiles of equal shape run several to a forward where the device's memory allows
+    (memory.tile_batch). On out-of-memory the image restarts with half as many tiles per forward, then
+    with the tile side halved, down to 32 pixels.
     compiler: where given, the model runs compiled (torch.compile) where it is called whole on an image or
     a blended tile; streamed rows and exact passes run as without it (see upscale.infer.compiled)."""
     if array.ndim != 3 or array.shape[2] != 3:
@@ -124,7 +126,9 @@ def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, aut
     out = np.empty((h * model.scale, w * model.scale, 3), dtype=array.dtype)
     cut = getattr(model, "cut", None)  # the caller's model says how it may be cut
     shrink = 1  # streaming plans with half the memory budget, less after an out-of-memory error
+    batch_cap = None  # blended tiles per forward at most: memory.tile_batch's own cap until an OOM
     while True:
+        batch = 1
         ctx = Context(run_model, fp32_model, array, out, device, dtype, progress)
         try:
             if tile_n and isinstance(cut, Passes) and exact:  # exact, layer by layer
@@ -139,12 +143,16 @@ def _run(model, array, device, progress, dtype, tile_n, tile_given, overlap, aut
             else:
                 if compiler is not None:  # the one runner that calls the whole network: it compiles as one graph
                     ctx.model = compiler.model(run_model, device, dtype)
-                tiles.run_tiles(ctx, tiles.Tiling(tile_n, overlap, tiles.feather_for(run_model, overlap)))
+                batch = memory.tile_batch(model, h, w, tile_n, overlap, dtype, device, cap=batch_cap)
+                tiles.run_tiles(ctx, tiles.Tiling(tile_n, overlap, tiles.feather_for(run_model, overlap), batch))
             break
         except Exception as exc:  # only out-of-memory is retried
             if not is_oom(exc):
                 raise
             free_cache(device)
+            if batch > 1:  # fewer tiles per forward first, the same tiles
+                batch_cap = batch // 2
+                continue
             current = tile_n or max(h, w)
             if current <= MIN_TILE:
                 raise UpscaleError(

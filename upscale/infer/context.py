@@ -71,11 +71,25 @@ class Context:
             x = x.mul_(self.input_range)
         return x.to(dtype or self.dtype)
 
+    def windows(self, boxes: list[tuple[int, int, int, int]], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Equal-shape windows (top, bottom, left, right) stacked into an N×3×h×w batch, as `window`."""
+        if len(boxes) == 1:
+            return self.window(*boxes[0], dtype)
+        return torch.cat([self.window(*box, dtype) for box in boxes])
+
     # ---- reduced precision -----------------------------------------------------------------------
 
     def needs_fp32(self, y: torch.Tensor) -> bool:
         """Output that overflowed in reduced precision: to be recomputed in float32."""
         return self.dtype != torch.float32 and not bool(torch.isfinite(y).all())
+
+    def non_finite(self, y: torch.Tensor) -> list[int]:
+        """The entries of a batch N×… that overflowed in reduced precision: checked on the device, with one
+        transfer of N flags (one synchronisation per batch, not one per tile)."""
+        if self.dtype == torch.float32:
+            return []
+        bad = ~torch.isfinite(y).flatten(1).all(1)
+        return [n for n, b in enumerate(bad.cpu().tolist()) if b]
 
     def forward(self, compute: Callable[[bool], torch.Tensor]) -> torch.Tensor:
         """compute(False) runs in the run's precision; where its output is non-finite, compute(True) runs
@@ -84,6 +98,18 @@ class Context:
         if self.needs_fp32(y):
             self.recomputed += 1
             y = compute(True)
+        return y
+
+    def forward_batch(self, compute: Callable[[bool, list[int]], torch.Tensor], n: int) -> torch.Tensor:
+        """compute(False, [0..n)) runs a batch of n in the run's precision; the entries whose output is
+        non-finite are run again by compute(True, those), the float32 twin, and counted in `recomputed`.
+        The output stays in the run's precision unless some entry was recomputed (then float32)."""
+        y = compute(False, list(range(n)))
+        bad = self.non_finite(y)
+        if bad:
+            self.recomputed += len(bad)
+            y = y.float()
+            y[bad] = compute(True, bad).float()
         return y
 
     # ---- out -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import weakref
 
 import torch
@@ -127,5 +128,19 @@ def prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     key = (str(device), dtype)
     if key not in per_model:
         per_model.clear()  # one reduced copy at a time
-        per_model[key] = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        per_model[key] = cast_copy(model, device, dtype).eval()
     return per_model[key]
+
+
+def cast_copy(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `model` on `device` whose floating-point parameters and buffers are in `dtype` (integer
+    buffers, such as HAT's relative position indices, keep theirs), as `deepcopy(model).to(...)` gives,
+    without first duplicating every fp32 weight on the host: deepcopy is handed a memo that already maps
+    each parameter and buffer to its cast copy, made in one step, so it copies only the rest."""
+    memo: dict[int, object] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) in memo:  # tied weights stay tied
+            continue
+        new = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else None, copy=True)
+        memo[id(t)] = torch.nn.Parameter(new, t.requires_grad) if isinstance(t, torch.nn.Parameter) else new
+    return copy.deepcopy(model, memo)

@@ -8,7 +8,8 @@ where it has at least `overlap - feather` pixels of context. For a model with a 
 field RF, `overlap - feather >= RF` makes every used pixel equal to the whole-image result. Outputs
 are blended with complementary sin² ramps, accumulated in float32 one row of tiles at a time, and
 each finished band of output rows is rounded into the integer result, so no full-resolution float
-image is ever held.
+image is ever held. On a GPU the tiles of a row whose windows have the same shape run several to a
+forward (`Tiling.batch`, sized by memory.tile_batch), and are still blended one by one, in order.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Tiling:
     tile: int  # core side in input pixels (0: the whole image as one tile)
     overlap: int  # context per side, input pixels
     feather: int  # blend ramp half-width, input pixels (0: cores are pasted)
+    batch: int = 1  # tiles of equal window shape run in one forward, at most (memory.tile_batch)
+
+
+Box = tuple[int, int, int, int]  # an input window: top, bottom, left, right
 
 
 def default_overlap(model: torch.nn.Module) -> int:
@@ -83,7 +88,8 @@ def ramp_weights(lo: int, hi: int, size: int, feather: int, scale: int) -> tuple
 
 
 def run_tiles(ctx: Context, tiling: Tiling) -> None:
-    """Fill the context's result tile by tile, calling its model on each tile's window."""
+    """Fill the context's result tile by tile, calling its model on each tile's window, up to
+    `tiling.batch` equal-shape windows of a row of tiles stacked into one forward."""
     h, w = ctx.array.shape[:2]
     s = ctx.scale
     multiple = getattr(ctx.model, "pad_multiple", 1)
@@ -104,17 +110,18 @@ def run_tiles(ctx: Context, tiling: Tiling) -> None:
     row_dev = [torch.from_numpy(wt).to(dev) for _, wt in row_weights]
     norm_x_dev = torch.from_numpy(norm_x).to(dev)
 
-    def forward(wy0: int, wy1: int, wx0: int, wx1: int) -> torch.Tensor:
-        def compute(fp32: bool) -> torch.Tensor:
-            if fp32:
-                return ctx.fp32_model(ctx.window(wy0, wy1, wx0, wx1, torch.float32))
-            return ctx.model(ctx.window(wy0, wy1, wx0, wx1))
+    def run_batch(boxes: list[Box]) -> torch.Tensor:
+        """The outputs of equal-shape windows, N×3×(s·h)×(s·w), from one forward (fp32 where it had to be)."""
 
-        return ctx.forward(compute).float()
+        def compute(fp32: bool, which: list[int]) -> torch.Tensor:
+            x = ctx.windows([boxes[k] for k in which], torch.float32 if fp32 else None)
+            return (ctx.fp32_model if fp32 else ctx.model)(x)
+
+        return ctx.forward_batch(compute, len(boxes))
 
     if ctx.total == 1:  # the whole image as one tile: round on the device, move integers in row chunks
         with layer_progress(ctx.model, ctx.progress):  # one step that may take minutes: count its layers
-            y = forward(*window(0, h, h, 0, multiple), *window(0, w, w, 0, multiple))
+            y = run_batch([(*window(0, h, h, 0, multiple), *window(0, w, w, 0, multiple))])
         ctx.store(y[0, :, : h * s, : w * s], 0, 0)
         ctx.tick()
         return
@@ -131,12 +138,23 @@ def run_tiles(ctx: Context, tiling: Tiling) -> None:
             new_band[:, :keep] = band[:, r_start - band_top :]
         band, band_top = new_band, r_start
         wy0, wy1 = window(ys[i], ys[i + 1], h, tiling.overlap, multiple)
+        boxes = [(wy0, wy1, *window(xs[j], xs[j + 1], w, tiling.overlap, multiple)) for j in range(len(xs) - 1)]
+        # The row's tiles share its window rows; the edge columns' windows can be narrower. A batch takes
+        # the next tiles of one window width; outputs computed ahead wait in `ready` so that tiles are
+        # still blended in column order (the same float sums as one at a time).
+        ready: dict[int, tuple[torch.Tensor, int]] = {}  # column → (its batch's output, index in it)
         for j in range(len(xs) - 1):
+            if j not in ready:
+                width = boxes[j][3] - boxes[j][2]
+                group = [k for k in range(j, len(boxes)) if boxes[k][3] - boxes[k][2] == width and k not in ready]
+                group = group[: tiling.batch]
+                y = run_batch([boxes[k] for k in group])
+                ready.update({k: (y, n) for n, k in enumerate(group)})
+            y, n = ready.pop(j)
             c_start, c_wt = col_weights[j]
             c_stop = c_start + len(c_wt)
-            wx0, wx1 = window(xs[j], xs[j + 1], w, tiling.overlap, multiple)
-            y = forward(wy0, wy1, wx0, wx1)
-            part = y[0, :, r_start - wy0 * s : r_stop - wy0 * s, c_start - wx0 * s : c_stop - wx0 * s]
+            wx0 = boxes[j][2]
+            part = y[n, :, r_start - wy0 * s : r_stop - wy0 * s, c_start - wx0 * s : c_stop - wx0 * s].float()
             band[:, :, c_start:c_stop].addcmul_(part, row_dev[i][:, None] * col_dev[j][None, :])
             del y, part
             ctx.tick()
