@@ -285,7 +285,7 @@ def oom_rows(device) -> None:
         model.to("cpu")
 
 
-def attention_rows(device) -> None:
+def attention_rows(device, sweep: bool = False) -> None:
     """HAT's attention on CUDA: which SDPA kernels take its bias, and what padding heads to 32 buys."""
     from contextlib import nullcontext
 
@@ -299,6 +299,7 @@ def attention_rows(device) -> None:
     print("| precision | attention | ms | max difference to math |")
     print("|---|---|---|---|")
     model, _ = bench.bench_model_for("hat", 4)
+    default_align = hat.HEAD_ALIGN
     x = torch.rand(1, 3, 256, 256, device=device)
     for precision in supported(device, ["fp16", "bf16"]):
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -306,9 +307,11 @@ def attention_rows(device) -> None:
         xd = x.to(dtype)
         variants = [("math", "math", None, 1), ("sdpa, torch's choice", "sdpa", None, 1),
                     ("sdpa, heads padded to 32", "sdpa", None, 8)]
-        variants += [(f"sdpa {b.name}{', padded' if a == 8 else ''}", "sdpa", b, a)
-                     for b in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION)
-                     for a in (1, 8)]
+        if sweep:  # which kernels take HAT's shapes, unpadded and padded
+            variants += [(f"sdpa {b.name}{', padded' if a == 8 else ''}", "sdpa", b, a)
+                         for b in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                                   SDPBackend.FLASH_ATTENTION)
+                         for a in (1, 8)]
         ref = None
         for label, impl, backend, align in variants:
             m.net.attention, hat.HEAD_ALIGN = impl, align
@@ -320,7 +323,7 @@ def attention_rows(device) -> None:
                 print(f"| {precision} | {label} | {seconds * 1e3:.1f} | {(y - ref).abs().max().item():.2e} |", flush=True)
             except Exception as exc:  # noqa: BLE001 - a kernel refusing these shapes is the finding
                 print(f"| {precision} | {label} | refused: {str(exc).splitlines()[0][:90]} |  |", flush=True)
-        m.net.attention, hat.HEAD_ALIGN = "sdpa", 1
+        m.net.attention, hat.HEAD_ALIGN = "sdpa", default_align
     model.to("cpu").float()
 
 
@@ -425,7 +428,7 @@ def overhead_rows(device) -> None:
         engine.free_cache(device)
 
 
-CHECKS = ("fidelity", "recompute", "oom", "attention", "layout", "compile", "overhead")
+CHECKS = ("fidelity", "recompute", "oom", "attention", "kernels", "layout", "compile", "overhead")
 
 
 def check_rows(args, device) -> None:
@@ -435,6 +438,7 @@ def check_rows(args, device) -> None:
     print("\n## Checks of the GPU paths\n")
     runs = {"fidelity": lambda: fidelity_rows(args, device), "recompute": lambda: recompute_rows(device),
             "oom": lambda: oom_rows(device), "attention": lambda: attention_rows(device),
+            "kernels": lambda: attention_rows(device, sweep=True),
             "layout": lambda: layout_rows(device), "compile": lambda: compile_rows(device),
             "overhead": lambda: overhead_rows(device)}
     for name in args.check or CHECKS:
