@@ -3,8 +3,8 @@
 Each pass runs over the whole image in tiles of about `side` LR pixels, each tile's window being its
 core plus the pass's halo. The image is the one the model's forward sees: reflect-padded at the bottom
 and right to the model's `pad_multiple` (HAT's window), as SRModel.forward does, the padding cropped
-from the result. Between passes the features live in one float32 host buffer (H×W×C, whatever the
-device), updated in place: a tile row's new features are written back once no later
+from the result. Between passes the features live in one float32 buffer (H×W×C; on the GPU where it
+fits beside the tiles, else in host memory), updated in place: a tile row's new features are written back once no later
 window of the same pass reads its rows. Whole-image statistics are summed in float64 over every core
 (from the previous pass's output cores when pixelwise, else in a sweep of their own over the buffer),
 finished and frozen before the pass that uses them. The last pass stores the upscaled cores into the
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from upscale.infer import memory
 from upscale.infer.context import Context
 from upscale.infer.tiles import cuts
 from upscale.models.tiling import Passes, PassPlan, Statistics
@@ -72,6 +73,18 @@ def padded(array: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(array, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
+FEATURES_SHARE = 3  # the feature buffer may take up to a third of the device's tile budget
+
+
+def feature_device(ctx: Context, nbytes: int) -> torch.device:
+    """Where the passes' feature buffer of `nbytes` lives: on a GPU where it fits in a share of the
+    memory budget beside the tiles, so that no pass moves every feature through the host and back
+    (A2N: 160 bytes per input pixel each way per pass); else in host memory."""
+    if ctx.device.type == "cpu" or nbytes > memory.memory_budget(ctx.device) // FEATURES_SHARE:
+        return torch.device("cpu")
+    return ctx.device
+
+
 def run_passes(ctx: Context, cut: Passes, side: int) -> None:
     """Fill the context's result with the passes `cut` describes for its model's network (the context's
     input range is the network's), in tiles of about `side` LR pixels."""
@@ -83,7 +96,10 @@ def run_passes(ctx: Context, cut: Passes, side: int) -> None:
     ys, xs = aligned_cuts(h, side, plan.align), aligned_cuts(w, side, plan.align)
     cores = [(y, x) for y in itertools.pairwise(ys) for x in itertools.pairwise(xs)]
     ctx.total = pass_steps(plan, len(cores))
-    feats = torch.empty((h, w, plan.channels), dtype=torch.float32) if len(plan.passes) > 1 else None
+    feats = None
+    if len(plan.passes) > 1:
+        where = feature_device(ctx, h * w * plan.channels * 4)
+        feats = torch.empty((h, w, plan.channels), dtype=torch.float32, device=where)
     sums = torch.zeros(0, dtype=torch.float64)
 
     def twin(i: int, fp32: bool) -> PassPlan:
@@ -165,7 +181,8 @@ def _features_pass(ctx: Context, halo: int, feats, h: int, fused: Statistics | N
         write_back(y0 - halo)  # the windows from this tile on start at y0 - halo or below
         if fused is not None:
             add(fused.pixels(core.to(ctx.dtype)))
-        waiting.append((core[0].permute(1, 2, 0).to("cpu"), y0, y1, x0, x1))
+        # a copy of the core alone (not a view that would keep the whole window's output alive)
+        waiting.append((core[0].permute(1, 2, 0).to(feats.device, copy=True), y0, y1, x0, x1))
 
     tiles(halo, compute, keep)
     write_back(h)
