@@ -131,7 +131,10 @@ class Context:
             q = q.clamp(0, 1).mul_(self.peak).round_().to(wire).permute(1, 2, 0)
             if q.device.type != "cpu":  # transposed on the device: the host then copies plain rows
                 q = q.contiguous()
-            dst[r : r + step] = q.cpu().numpy()
+            if wire == torch.uint8:  # torch writes straight into the result (all cores, no host temporary)
+                torch.from_numpy(dst[r : r + step]).copy_(q)
+            else:
+                dst[r : r + step] = q.cpu().numpy()
 
     def tick(self) -> None:
         """One step done (a tile, a band, a tile of a pass)."""

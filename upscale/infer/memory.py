@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import weakref
 
@@ -42,6 +43,7 @@ _LIMIT = 2**31 - 1  # mallopt takes an int; larger blocks (over 2 GiB) are still
 _done = False
 
 
+@functools.cache  # find_library runs ldconfig in a subprocess: 20 ms, once per image before
 def _libc():
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
