@@ -12,8 +12,14 @@ input and output Mpx/s; peak memory (CUDA allocator, else the process RSS); achi
 share of the device's dense matmul rate in the same precision, measured in the same run. Then a
 folder of images through `batch.run` one job after the other and pipelined, as images/s.
 
-On a GPU the default sizes keep the whole run under about 8 minutes; on the CPU they are small.
-Nothing here is asserted; the figures go to benchmarks/README.md.
+On CUDA, checks of the GPU paths follow (`--check` picks some, `--checks only` skips the tables):
+Set5 through every precision against fp32 and the CPU's fp32 (fidelity), a VapSR made to overflow in
+fp16 recomputed in fp32 (recompute), the out-of-memory backoff under a capped allocator (oom), HAT's
+attention paths and which SDPA kernels take them (attention, kernels), channels-last (layout),
+torch.compile (compile) and the engine's time beyond the forward (overhead).
+
+On a GPU the default sizes keep the whole run under about 8 minutes (256 s on an H200); on the CPU
+they are small. Nothing here is asserted; the figures go to benchmarks/README.md.
 """
 
 from __future__ import annotations
