@@ -434,7 +434,38 @@ def overhead_rows(device) -> None:
         engine.free_cache(device)
 
 
-CHECKS = ("fidelity", "recompute", "oom", "attention", "kernels", "layout", "compile", "overhead")
+def passes_rows(device) -> None:
+    """Exact passes (A2N, HAT tiled) against the whole image, fp32, with the feature buffer where the
+    run puts it (passes.feature_device: the GPU where it fits)."""
+    import numpy as np
+    import torch
+
+    from upscale import infer
+    from upscale.infer import passes
+    from upscale.infer.context import Context
+
+    print("\n### Exact passes against the whole image (fp32)\n")
+    print("| model | weights | input | tile | features on | whole s | passes s | max level difference |")
+    print("|---|---|---|---|---|---|---|---|")
+    side = 64 if device.type == "cpu" else 512
+    for name, tile in (("a2n", side // 4), ("hat-s", side // 4)):
+        model, source = checked_model(name)
+        array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        t0 = time.perf_counter()
+        whole = infer.upscale_array(model, array, device, precision="fp32", tile=0)
+        t1 = time.perf_counter()
+        tiled = infer.upscale_array(model, array, device, precision="fp32", tile=tile)
+        t2 = time.perf_counter()
+        ctx = Context(model, model, array, whole, device, torch.float32)
+        plan = model.cut.plan(model.net)
+        where = passes.feature_device(ctx, side * side * plan.channels * 4)
+        diff = np.abs(whole.astype(int) - tiled).max()
+        print(f"| {name} ×{model.scale} | {source} | {side}² | {tile} | {where} | {t1 - t0:.2f} | {t2 - t1:.2f} | "
+              f"{diff} |", flush=True)
+        model.to("cpu")
+
+
+CHECKS = ("fidelity", "recompute", "oom", "attention", "kernels", "layout", "compile", "overhead", "passes")
 
 
 def check_rows(args, device) -> None:
@@ -446,7 +477,7 @@ def check_rows(args, device) -> None:
             "oom": lambda: oom_rows(device), "attention": lambda: attention_rows(device),
             "kernels": lambda: attention_rows(device, sweep=True),
             "layout": lambda: layout_rows(device), "compile": lambda: compile_rows(device),
-            "overhead": lambda: overhead_rows(device)}
+            "overhead": lambda: overhead_rows(device), "passes": lambda: passes_rows(device)}
     for name in args.check or CHECKS:
         try:
             runs[name]()
