@@ -438,11 +438,9 @@ def passes_rows(device) -> None:
     """Exact passes (A2N, HAT tiled) against the whole image, fp32, with the feature buffer where the
     run puts it (passes.feature_device: the GPU where it fits)."""
     import numpy as np
-    import torch
 
     from upscale import infer
     from upscale.infer import passes
-    from upscale.infer.context import Context
 
     print("\n### Exact passes against the whole image (fp32)\n")
     print("| model | weights | input | tile | features on | whole s | passes s | max level difference |")
@@ -456,9 +454,7 @@ def passes_rows(device) -> None:
         t1 = time.perf_counter()
         tiled = infer.upscale_array(model, array, device, precision="fp32", tile=tile)
         t2 = time.perf_counter()
-        ctx = Context(model, model, array, whole, device, torch.float32)
-        plan = model.cut.plan(model.net)
-        where = passes.feature_device(ctx, side * side * plan.channels * 4)
+        where = passes.feature_device(device, side * side * model.cut.plan(model.net).channels * 4)
         diff = np.abs(whole.astype(int) - tiled).max()
         print(f"| {name} ×{model.scale} | {source} | {side}² | {tile} | {where} | {t1 - t0:.2f} | {t2 - t1:.2f} | "
               f"{diff} |", flush=True)

@@ -389,12 +389,10 @@ def assert_second_tile_is_fp32(out: np.ndarray, reference: np.ndarray, scale: in
 def test_pass_features_live_on_a_gpu_where_they_fit(monkeypatch):
     """The passes' feature buffer goes on the GPU when it fits in a share of the budget beside the tiles,
     else in host memory; on the CPU it is host memory anyway (the rule, without a GPU here)."""
-    from types import SimpleNamespace
-
     from upscale.infer import memory, passes
 
     monkeypatch.setattr(memory, "memory_budget", lambda device: 3 << 30)
-    gpu = SimpleNamespace(device=torch.device("cuda", 0))
-    assert passes.feature_device(gpu, 1 << 30) == torch.device("cuda", 0)
+    gpu = torch.device("cuda", 0)
+    assert passes.feature_device(gpu, 1 << 30) == gpu
     assert passes.feature_device(gpu, (1 << 30) + 1) == torch.device("cpu")
-    assert passes.feature_device(SimpleNamespace(device=torch.device("cpu")), 1) == torch.device("cpu")
+    assert passes.feature_device(torch.device("cpu"), 1) == torch.device("cpu")

@@ -76,13 +76,13 @@ def padded(array: np.ndarray, multiple: int) -> np.ndarray:
 FEATURES_SHARE = 3  # the feature buffer may take up to a third of the device's tile budget
 
 
-def feature_device(ctx: Context, nbytes: int) -> torch.device:
-    """Where the passes' feature buffer of `nbytes` lives: on a GPU where it fits in a share of the
-    memory budget beside the tiles, so that no pass moves every feature through the host and back
-    (A2N: 160 bytes per input pixel each way per pass); else in host memory."""
-    if ctx.device.type == "cpu" or nbytes > memory.memory_budget(ctx.device) // FEATURES_SHARE:
+def feature_device(device: torch.device, nbytes: int) -> torch.device:
+    """Where a run on `device` keeps the passes' feature buffer of `nbytes`: on a GPU where it fits in a
+    share of the memory budget beside the tiles, so that no pass moves every feature through the host
+    and back (A2N: 160 bytes per input pixel each way per pass); else in host memory."""
+    if device.type == "cpu" or nbytes > memory.memory_budget(device) // FEATURES_SHARE:
         return torch.device("cpu")
-    return ctx.device
+    return device
 
 
 def run_passes(ctx: Context, cut: Passes, side: int) -> None:
@@ -98,7 +98,7 @@ def run_passes(ctx: Context, cut: Passes, side: int) -> None:
     ctx.total = pass_steps(plan, len(cores))
     feats = None
     if len(plan.passes) > 1:
-        where = feature_device(ctx, h * w * plan.channels * 4)
+        where = feature_device(ctx.device, h * w * plan.channels * 4)
         feats = torch.empty((h, w, plan.channels), dtype=torch.float32, device=where)
     sums = torch.zeros(0, dtype=torch.float64)
 
