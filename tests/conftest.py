@@ -80,3 +80,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vapsr():
+    """A small random VapSR ×4 (16 features, 3 blocks) with its output centred in 0..1, so that clamping
+    hides nothing. Modules that need another VapSR define their own."""
+    import torch
+
+    from upscale.models import from_state_dict
+    from upscale.models.vapsr import VapSR
+
+    torch.manual_seed(0)
+    sd = VapSR(4, num_feat=16, num_block=3, d_atten=16, up_feat=16).state_dict()
+    sd["upsampler.3.bias"] += 0.5
+    return from_state_dict(sd)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 17×12 RGB PNG of noise, for command-line runs."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 17, 3), dtype=np.uint8)).save(path)
+    return path

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_cli, run_cli_on_a_terminal
 from conftest import random_state_dict
 from PIL import Image
-
-
-@pytest.fixture
-def photo(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (12, 17, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture

@@ -19,14 +19,6 @@ from upscale.upscaler import Upscaler
 
 
 @pytest.fixture
-def photo(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (12, 17, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-@pytest.fixture
 def one_block_vapsr(tmp_path, layouts):
     """VapSR-S's layout cut to its first block: the same operators, a graph a tenth the size, so compiling
     it takes seconds rather than a minute on two shared cores."""

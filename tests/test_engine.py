@@ -28,15 +28,6 @@ from upscale.models.a2n import A2N
 from upscale.models.base import NetSpec
 from upscale.models.checkpoint import load_checkpoint
 from upscale.models.tiling import Blended
-from upscale.models.vapsr import VapSR
-
-
-@pytest.fixture(scope="module")
-def vapsr() -> SRModel:
-    torch.manual_seed(0)
-    sd = VapSR(4, num_feat=16, num_block=3, d_atten=16, up_feat=16).state_dict()
-    sd["upsampler.3.bias"] += 0.5  # centre the output in 0..1 so that clamping hides nothing
-    return from_state_dict(sd)
 
 
 @pytest.fixture(scope="module")
