@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -258,35 +259,43 @@ def recompute_rows(device) -> None:
         print(f"| {label} | {recomputed} | {same} |", flush=True)
 
 
+@contextmanager
+def capped_allocator(device, nbytes: float):
+    """The CUDA allocator limited to `nbytes` within the block (a real out-of-memory error above it)."""
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(nbytes / torch.cuda.get_device_properties(index).total_memory, index)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+        torch.cuda.empty_cache()
+
+
 def oom_rows(device) -> None:
     """Out-of-memory backoff for real: the allocator capped at 1 GiB, a whole image asked for."""
     import numpy as np
-    import torch
 
     from upscale import infer
 
     print("\n### Out-of-memory backoff (allocator capped at 1 GiB, --tile 0 asked)\n")
     print("| model | input | precision | reference (auto tile, no cap) s | capped run s | max level difference |")
     print("|---|---|---|---|---|---|")
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    total = torch.cuda.get_device_properties(index).total_memory
     for name, side in (("hat-s", 1024), ("vapsr", 3000)):
         model, _ = checked_model(name)
         array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
         t0 = time.perf_counter()
         ref = infer.upscale_array(model, array, device, precision="fp16")
         t_ref = time.perf_counter() - t0
-        torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction((1 << 30) / total, index)
         try:
-            t0 = time.perf_counter()
-            out = infer.upscale_array(model, array, device, precision="fp16", tile=0)
+            with capped_allocator(device, 1 << 30):
+                t0 = time.perf_counter()
+                out = infer.upscale_array(model, array, device, precision="fp16", tile=0)
             result = f"{time.perf_counter() - t0:.2f} | {np.abs(out.astype(int) - ref).max()}"
         except Exception as exc:  # noqa: BLE001 - the check reports whatever happens
             result = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | "
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, index)
-            torch.cuda.empty_cache()
         print(f"| {name} | {side}² | fp16 | {t_ref:.2f} | {result} |", flush=True)
         model.to("cpu")
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_device import capped_allocator
 
 
 def main() -> None:
@@ -98,16 +99,12 @@ def main() -> None:
         ref = run(model, array, 1, **kw)[0]
         base = torch.cuda.memory_allocated(device)
         one_tile = torch.cuda.max_memory_allocated(device) - base
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction((base + 2.5 * one_tile) / total, device.index)
         try:
-            out, seconds, tried, _ = run(model, array, cap_default, **kw)
+            with capped_allocator(device, base + 2.5 * one_tile):
+                out, seconds, tried, _ = run(model, array, cap_default, **kw)
             result = f"batches tried {tried}, {seconds:.2f} s, max diff to one per forward {np.abs(out.astype(int) - ref).max()}"
         except Exception as exc:  # noqa: BLE001 - the finding is what happens
             result = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device.index)
         print(f"\nout of memory with the allocator capped at {(base + 2.5 * one_tile) / 2**20:.0f} MiB "
               f"(one tile {one_tile / 2**20:.0f} MiB): {result}")
     memory.BATCH_CAP = cap_default
